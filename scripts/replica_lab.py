@@ -1,0 +1,755 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Lab hosts: systemd-booted nspawn machines that roles are converged and verified in.
+
+The CI machine has no systemd as PID 1, so every role is tested inside a *lab host*: a Debian
+root file system built once with mmdebstrap (cached, keyed by its package list), forked as a
+btrfs snapshot from a storage pool on a loop image, and booted with systemd-nspawn as a full,
+privileged systemd machine that can itself run nspawn machines, btrfs, loop devices and qemu.
+
+Only the Python standard library is used, so this runs before any virtual environment exists.
+Public entry points: :class:`Lab` (used by the pytest fixtures) and ``main`` (``scripts/lab``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+#: Bump when the way images are built changes, so cached images are rebuilt.
+IMAGE_FORMAT = 2
+DEFAULT_SUITE = "bookworm"
+#: What every lab host carries: a booting systemd, what Ansible needs (python3, python3-apt),
+#: and what nested work needs (nspawn, machined, btrfs, iproute2).
+BASE_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "systemd-container", "libnss-mymachines",
+    "python3", "python3-apt", "iproute2", "iputils-ping", "procps", "sudo",
+    "ca-certificates", "btrfs-progs", "util-linux", "kmod", "netbase", "less",
+)
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+BRIDGE = os.environ.get("REPLICA_LAB_BRIDGE", "rlab0")
+SUBNET = ipaddress.ip_network(os.environ.get("REPLICA_LAB_SUBNET", "10.213.0.0/24"))
+NFT_TABLE = "replica_lab"
+PATH_IN_MACHINE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Devices a privileged lab host gets, where the CI machine has them.
+CHAR_DEVICES = ("/dev/loop-control", "/dev/btrfs-control", "/dev/net/tun", "/dev/kvm",
+                "/dev/fuse", "/dev/vhost-net", "/dev/vhost-vsock")
+LOOP_DEVICES = 16
+
+
+class LabError(RuntimeError):
+    """A lab operation failed; the message says what to do."""
+
+
+def run(argv, check=True, capture=True, env=None, stdin=None, timeout=None):
+    """Run *argv* (a list, never a shell string) with LC_ALL=C."""
+    full_env = dict(os.environ if env is None else env, LC_ALL="C")
+    proc = subprocess.run(argv, check=False, text=True, env=full_env, timeout=timeout,
+                          stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.PIPE if capture else None)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed (rc={proc.returncode}): "
+                       f"{(proc.stderr or '').strip() or (proc.stdout or '').strip()}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (unit tested in tests/unit/scripts/test_replica_lab.py)
+# ---------------------------------------------------------------------------------------------
+
+def validate_name(name):
+    """Return *name* if it is a valid lab host name, else raise LabError."""
+    if not NAME_RE.match(name or ""):
+        raise LabError(f"invalid lab host name {name!r}: use 1-31 characters of a-z, 0-9 and '-', "
+                       "starting with a letter or digit")
+    return name
+
+
+def image_key(suite, packages, sources, aptopts=(), fmt=IMAGE_FORMAT):
+    """Cache key of an image: a digest of everything that decides its content."""
+    doc = json.dumps({"format": fmt, "suite": suite, "packages": sorted(set(packages)),
+                      "sources": sources, "aptopts": list(aptopts)}, sort_keys=True)
+    return f"{suite}-{hashlib.sha256(doc.encode()).hexdigest()[:16]}"
+
+
+def machine_address(index, subnet=SUBNET):
+    """Address of lab host number *index* (1 is the CI machine's end of the bridge)."""
+    hosts = list(subnet.hosts())
+    if not 1 <= index < len(hosts):
+        raise LabError(f"lab host index {index} outside {subnet}")
+    return hosts[index]
+
+
+def free_index(used, subnet=SUBNET):
+    """Lowest host index not in *used*, starting at 1 (0 is the bridge)."""
+    for index in range(1, subnet.num_addresses - 2):
+        if index not in used:
+            return index
+    raise LabError(f"no free address left in {subnet}: remove lab hosts with 'scripts/lab down'")
+
+
+def nspawn_argv(name, directory, devices, bridge=BRIDGE):
+    """The systemd-nspawn command line that boots a privileged lab host."""
+    argv = ["systemd-nspawn", "--quiet", "--boot", f"--machine={name}", f"--directory={directory}",
+            # no systemd on the CI machine: do not ask it for a scope or machined registration
+            "--register=no", "--keep-unit",
+            "--capability=all", f"--network-bridge={bridge}", "--resolv-conf=copy-host",
+            "--timezone=off", "--console=read-only", "--kill-signal=SIGRTMIN+3"]
+    argv += [f"--bind={dev}" for dev in devices]
+    return argv
+
+
+NSPAWN_ENV = {
+    # a lab host is a privileged test machine: nested nspawn, mounts and qemu need every
+    # system call. /sys stays read-only: with it writable, systemd-networkd would wait for a
+    # udev that a container must not run.
+    "SYSTEMD_SECCOMP": "0",
+}
+
+
+def network_unit(address, gateway, prefixlen):
+    """systemd-networkd configuration for the machine's end of the veth."""
+    return ("[Match]\nName=host0\n\n[Network]\n"
+            f"Address={address}/{prefixlen}\nGateway={gateway}\n"
+            "LinkLocalAddressing=ipv6\nIPv6AcceptRA=no\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The lab
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Machine:
+    """A lab host as recorded in its state file."""
+    name: str
+    nspawn_pid: int
+    leader: int
+    index: int
+    address: str
+    directory: str
+    image: str
+    log: str
+    boot_seconds: float = 0.0
+    fork_seconds: float = 0.0
+    pidns: str = ""
+
+    def alive(self):
+        return _pid_alive(self.nspawn_pid)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+class Lab:
+    """The lab: a btrfs pool on a loop image, an image cache and the lab hosts forked from it."""
+
+    def __init__(self, root=None, pool_size=None, run_dir=None, suite=None):
+        self.root = root or os.environ.get("REPLICA_LAB_DIR", "/var/lib/replica-lab")
+        self.pool_size = pool_size or os.environ.get("REPLICA_LAB_POOL_SIZE", "40G")
+        self.run_dir = run_dir or os.environ.get("REPLICA_LAB_RUN", "/run/replica-lab")
+        self.suite = suite or os.environ.get("REPLICA_LAB_SUITE", DEFAULT_SUITE)
+        self.image_file = os.path.join(self.root, "pool.img")
+        self.pool = os.path.join(self.root, "pool")
+        self.images = os.path.join(self.pool, "images")
+        self.machines = os.path.join(self.pool, "machines")
+
+    # -- locking and state ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, what="lab"):
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(os.path.join(self.run_dir, f"{what}.lock"), "w", encoding="ascii") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _state_path(self, name):
+        return os.path.join(self.run_dir, f"{name}.json")
+
+    def get(self, name):
+        """The recorded lab host *name*, or None."""
+        try:
+            with open(self._state_path(validate_name(name)), encoding="utf-8") as handle:
+                return Machine(**json.load(handle))
+        except FileNotFoundError:
+            return None
+
+    def list(self):
+        """All recorded lab hosts."""
+        if not os.path.isdir(self.run_dir):
+            return []
+        names = sorted(f[:-5] for f in os.listdir(self.run_dir) if f.endswith(".json"))
+        return [m for m in (self.get(n) for n in names if NAME_RE.match(n)) if m]
+
+    # -- pool ------------------------------------------------------------------------------
+    def ensure_pool(self):
+        """Create and mount the btrfs pool (idempotent)."""
+        os.makedirs(self.pool, exist_ok=True)
+        if not os.path.ismount(self.pool):
+            if not os.path.exists(self.image_file):
+                run(["truncate", "-s", self.pool_size, self.image_file])
+                run(["mkfs.btrfs", "-q", "-L", "replica-lab", self.image_file])
+            run(["mount", "-o", "loop,compress=zstd:1,noatime", self.image_file, self.pool])
+        for sub in (self.images, self.machines):
+            if not os.path.isdir(sub):
+                run(["btrfs", "subvolume", "create", sub])
+
+    # -- images ----------------------------------------------------------------------------
+    @staticmethod
+    def host_sources():
+        """The CI machine's own APT sources (deb822 or one-line), reused for the images."""
+        chunks = []
+        for path in ["/etc/apt/sources.list"] + sorted(
+                os.path.join("/etc/apt/sources.list.d", f)
+                for f in (os.listdir("/etc/apt/sources.list.d")
+                          if os.path.isdir("/etc/apt/sources.list.d") else [])):
+            if path.endswith((".list", ".sources")) and os.path.isfile(path):
+                with open(path, encoding="utf-8") as handle:
+                    chunks.append((path, handle.read()))
+        return chunks
+
+    @staticmethod
+    def host_aptopts():
+        """The CI machine's APT ``Acquire::`` settings, so images fetch as the host does."""
+        conf = "/etc/apt/apt.conf.d"
+        found = []
+        for name in sorted(os.listdir(conf)) if os.path.isdir(conf) else []:
+            path = os.path.join(conf, name)
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                if "Acquire::" in handle.read():
+                    found.append(path)
+        return found
+
+    def image(self, packages=(), suite=None, rebuild=False):
+        """Path of the cached, read-only image with *packages* pre-baked; built if missing."""
+        suite = suite or self.suite
+        wanted = sorted(set(BASE_PACKAGES) | set(packages))
+        sources = self.host_sources()
+        deb822 = [text for path, text in sources if path.endswith(".sources")]
+        one_line = [text for path, text in sources if path.endswith(".list")]
+        if not sources:
+            raise LabError("the CI machine has no APT sources: configure /etc/apt/sources.list(.d)")
+        aptopts = self.host_aptopts()
+        key = image_key(suite, wanted, [t for _, t in sources], [_read(p) for p in aptopts])
+        self.ensure_pool()
+        path = os.path.join(self.images, key)
+        with self.lock("images"):
+            if os.path.isdir(path) and not rebuild:
+                return path
+            if os.path.isdir(path):
+                self._delete_subvolume(path)
+            tmp = os.path.join(self.images, f".build-{key}")
+            if os.path.isdir(tmp):
+                self._delete_subvolume(tmp)
+            run(["btrfs", "subvolume", "create", tmp])
+            started = time.monotonic()
+            # mmdebstrap reads the sources from standard input (mirror "-"): deb822 and
+            # one-line formats cannot be mixed there, so prefer deb822 when the host uses it.
+            stdin_text = "\n".join(deb822) if deb822 else "\n".join(one_line)
+            if suite != self._host_codename():
+                stdin_text = stdin_text.replace(self._host_codename(), suite)
+            argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
+                    f"--include={','.join(wanted)}",
+                    "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd",
+                    "--customize-hook=chroot \"$1\" systemctl mask systemd-networkd-wait-online",
+                    "--customize-hook=rm -f \"$1\"/etc/machine-id && touch \"$1\"/etc/machine-id",
+                    ]
+            argv += [f"--aptopt={p}" for p in aptopts]
+            argv += [suite, tmp, "-"]
+            with open(os.path.join(self.root, f"{key}.build.log"), "w", encoding="utf-8") as log:
+                proc = subprocess.run(argv, input=stdin_text, text=True, stdout=log,
+                                      stderr=subprocess.STDOUT, check=False,
+                                      env=dict(os.environ, LC_ALL="C"))
+            if proc.returncode != 0:
+                self._delete_subvolume(tmp)
+                raise LabError(f"mmdebstrap failed (rc={proc.returncode}); see {log.name}")
+            meta = {"key": key, "suite": suite, "packages": wanted,
+                    "build_seconds": round(time.monotonic() - started, 2),
+                    "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self._flatten_subvolumes(tmp)
+            run(["btrfs", "property", "set", "-ts", tmp, "ro", "true"])
+            os.rename(tmp, path)
+            with open(f"{path}.json", "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, indent=2)
+            return path
+
+    def _flatten_subvolumes(self, tree):
+        """Turn subvolumes nested in *tree* (tmpfiles makes /var/lib/machines one) into plain
+        folders: a snapshot shows a nested subvolume as an empty stub nothing can be written in."""
+        for sub in self._nested_subvolumes(tree):
+            mode = os.stat(sub).st_mode & 0o7777
+            listing = os.listdir(sub)
+            if listing:
+                raise LabError(f"{sub}: nested subvolume is not empty ({listing[:3]}): "
+                               "cannot flatten it into the image")
+            run(["btrfs", "subvolume", "delete", sub])
+            os.mkdir(sub, mode)
+
+    def _nested_subvolumes(self, path):
+        """Subvolumes below *path* in the pool, deepest first."""
+        rel = os.path.relpath(path, self.pool)
+        nested = []
+        for line in run(["btrfs", "subvolume", "list", self.pool]).stdout.splitlines():
+            sub = line.split(" path ", 1)[1].strip()
+            if sub.startswith(rel + "/"):
+                nested.append(os.path.join(self.pool, sub))
+        return sorted(nested, key=len, reverse=True)
+
+    def image_info(self, path):
+        with open(f"{path}.json", encoding="utf-8") as handle:
+            return json.load(handle)
+
+    @staticmethod
+    def _host_codename():
+        with open("/etc/os-release", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("VERSION_CODENAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+        return DEFAULT_SUITE
+
+    # -- host network ------------------------------------------------------------------------
+    def _ensure_network(self):
+        """Bridge, address and NAT towards the package registries, made once, removed by down."""
+        gateway = next(SUBNET.hosts())
+        if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
+            run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            run(["ip", "addr", "add", f"{gateway}/{SUBNET.prefixlen}", "dev", BRIDGE])
+            run(["ip", "link", "set", BRIDGE, "up"])
+        state = os.path.join(self.run_dir, "ip_forward.orig")
+        if not os.path.exists(state):
+            with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as handle:
+                orig = handle.read().strip()
+            with open(state, "w", encoding="ascii") as handle:
+                handle.write(orig)
+        with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
+            handle.write("1")
+        if run(["nft", "list", "table", "inet", NFT_TABLE], check=False).returncode != 0:
+            rules = (f"table inet {NFT_TABLE} {{\n"
+                     "  chain postrouting {\n"
+                     "    type nat hook postrouting priority srcnat; policy accept;\n"
+                     f"    ip saddr {SUBNET} oifname != \"{BRIDGE}\" masquerade\n"
+                     "  }\n}\n")
+            subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+        return gateway
+
+    def _teardown_network(self):
+        """Remove the bridge and NAT once no lab host is left."""
+        if self.list():
+            return
+        run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
+        run(["ip", "link", "del", BRIDGE], check=False)
+        state = os.path.join(self.run_dir, "ip_forward.orig")
+        if os.path.exists(state):
+            with open(state, encoding="ascii") as handle:
+                orig = handle.read().strip()
+            with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
+                handle.write(orig)
+            os.unlink(state)
+
+    # -- machines --------------------------------------------------------------------------
+    @staticmethod
+    def _devices():
+        """Device nodes to pass in: loop devices (created on the host if missing) and friends."""
+        devices = [d for d in CHAR_DEVICES if os.path.exists(d)]
+        for index in range(LOOP_DEVICES):
+            node = f"/dev/loop{index}"
+            if not os.path.exists(node):
+                os.mknod(node, 0o660 | 0o060000, os.makedev(7, index))
+            devices.append(node)
+        return devices
+
+    def up(self, name, packages=(), timeout=180):
+        """Fork, boot and wait for lab host *name*; return its Machine. Idempotent."""
+        validate_name(name)
+        existing = self.get(name)
+        if existing and existing.alive():
+            return existing
+        if existing:
+            self.down(name)
+        image = self.image(packages)
+        with self.lock():
+            used = {m.index for m in self.list()}
+            index = free_index(used)
+            address = machine_address(index)
+            directory = os.path.join(self.machines, name)
+            if os.path.exists(directory):
+                self._delete_subvolume(directory)
+            gateway = self._ensure_network()
+            started = time.monotonic()
+            run(["btrfs", "subvolume", "snapshot", image, directory])
+            fork_seconds = time.monotonic() - started
+            self._personalise(directory, name, address, gateway)
+            log = os.path.join(self.run_dir, f"{name}.log")
+            with open(log, "w", encoding="utf-8") as handle:
+                proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                    nspawn_argv(name, directory, self._devices()),
+                    stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                    start_new_session=True, env=dict(os.environ, **NSPAWN_ENV))
+            machine = Machine(name=name, nspawn_pid=proc.pid, leader=0, index=index,
+                              address=str(address), directory=directory,
+                              image=os.path.basename(image), log=log,
+                              fork_seconds=round(fork_seconds, 3))
+            self._save(machine)
+        try:
+            machine.leader = self._wait_leader(proc, machine, timeout)
+            machine.pidns = os.readlink(f"/proc/{machine.leader}/ns/pid")
+            self._save(machine)
+            self._wait_running(proc, machine, started + timeout)
+        except BaseException:
+            self.down(name)
+            raise
+        machine.boot_seconds = round(time.monotonic() - started, 3)
+        self._save(machine)
+        return machine
+
+    @contextlib.contextmanager
+    def host(self, name, packages=(), timeout=180):
+        """A lab host for the duration of a ``with`` block: removed however the block ends."""
+        try:
+            yield self.up(name, packages=packages, timeout=timeout)
+        finally:
+            self.down(name)
+
+    def _save(self, machine):
+        path = self._state_path(machine.name)
+        with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+            json.dump(dataclasses.asdict(machine), handle, indent=2)
+        os.replace(f"{path}.tmp", path)
+
+    @staticmethod
+    def _personalise(directory, name, address, gateway):
+        """Per-machine settings written into the fork before it boots (never into the image)."""
+        with open(os.path.join(directory, "etc/hostname"), "w", encoding="ascii") as handle:
+            handle.write(f"{name}\n")
+        netdir = os.path.join(directory, "etc/systemd/network")
+        os.makedirs(netdir, exist_ok=True)
+        with open(os.path.join(netdir, "10-replica-lab.network"), "w", encoding="ascii") as handle:
+            handle.write(network_unit(address, gateway, SUBNET.prefixlen))
+
+    @staticmethod
+    def _wait_leader(proc, machine, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabError(f"systemd-nspawn for {machine.name} exited with {proc.returncode}:\n"
+                               + _tail(machine.log))
+            for child in _children(proc.pid):
+                try:
+                    with open(f"/proc/{child}/status", encoding="ascii") as handle:
+                        nspid = [l for l in handle if l.startswith("NSpid:")]
+                except OSError:
+                    continue
+                if nspid and nspid[0].split()[1:] == [str(child), "1"]:
+                    return child
+            time.sleep(0.02)
+        raise LabError(f"{machine.name}: no init process after {timeout}s:\n" + _tail(machine.log))
+
+    def _wait_running(self, proc, machine, deadline):
+        state = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabError(f"{machine.name} stopped while booting (rc={proc.returncode}):\n"
+                               + _tail(machine.log))
+            state = self.exec(machine, ["systemctl", "is-system-running"], check=False).stdout.strip()
+            if state == "running":
+                return state
+            if state == "degraded":
+                failed = self.exec(machine, ["systemctl", "--failed", "--no-legend", "--plain"],
+                                   check=False).stdout.strip()
+                sys.stderr.write(f"lab host {machine.name} is degraded; failed units:\n{failed}\n")
+                return state
+            time.sleep(0.05)
+        raise LabError(f"{machine.name} did not reach 'running' (last state {state!r}):\n"
+                       + _tail(machine.log))
+
+    def exec(self, machine, argv, check=True, stdin=None, capture=True):
+        """Run *argv* inside *machine* (all of its namespaces), with a clean environment."""
+        if isinstance(machine, str):
+            machine = self.require(machine)
+        full = ["nsenter", f"--target={machine.leader}", "--all", "--",
+                "/usr/bin/env", "-i", f"PATH={PATH_IN_MACHINE}", "HOME=/root", "LANG=C.UTF-8",
+                "TERM=" + os.environ.get("TERM", "dumb")] + list(argv)
+        return run(full, check=check, stdin=stdin, capture=capture)
+
+    def require(self, name):
+        machine = self.get(name)
+        if not machine or not machine.alive():
+            raise LabError(f"lab host {name!r} is not running: start it with 'scripts/lab up {name}'")
+        return machine
+
+    # -- teardown --------------------------------------------------------------------------
+    def down(self, name, grace=20):
+        """Stop lab host *name* and remove everything it left: idempotent, safe after failures."""
+        validate_name(name)
+        machine = self.get(name)
+        directory = machine.directory if machine else os.path.join(self.machines, name)
+        pidns = machine.pidns if machine else ""
+        if machine and machine.alive():
+            os.kill(machine.nspawn_pid, signal.SIGTERM)  # nspawn powers the machine off
+            deadline = time.monotonic() + grace
+            while machine.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if machine:
+            # the machine's init dying takes every process of its PID namespace with it
+            if _pid_alive(machine.leader) and _pidns(machine.leader) == pidns:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(machine.leader, signal.SIGKILL)
+            if machine.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(machine.nspawn_pid, signal.SIGKILL)
+            _reap(machine.nspawn_pid)
+        self._kill_machine_processes(directory, pidns)
+        self._detach_loops(directory)
+        self._unmount_below(directory)
+        if os.path.lexists(directory):
+            self._delete_subvolume(directory)
+        with self.lock():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._state_path(name))
+            self._teardown_network()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(f"/run/systemd/nspawn/propagate/{name}")
+
+    def leftovers(self, name):
+        """What of lab host *name* is still on the CI machine (all empty after down)."""
+        machine = self.get(name)
+        directory = os.path.join(self.machines, name)
+        return {
+            "processes": _machine_pids(directory, machine.pidns if machine else ""),
+            "mounts": _mounts_below(directory),
+            "loops": _loops_below(directory),
+            "links": [l for l in _links() if name[:11] in l and l.startswith("vb-")],
+            "directory": [directory] if os.path.lexists(directory) else [],
+            "state": [self._state_path(name)] if os.path.exists(self._state_path(name)) else [],
+        }
+
+    @staticmethod
+    def _kill_machine_processes(directory, pidns):
+        pids = []
+        for _ in range(50):
+            pids = _machine_pids(directory, pidns)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        raise LabError(f"processes {pids} under {directory} survive SIGKILL")
+
+    @staticmethod
+    def _detach_loops(directory):
+        for dev in _loops_below(directory):
+            run(["losetup", "-d", dev], check=False)
+
+    @staticmethod
+    def _unmount_below(directory):
+        for target in sorted(_mounts_below(directory), key=len, reverse=True):
+            run(["umount", "-l", target], check=False)
+
+    def _delete_subvolume(self, path):
+        """Delete a subvolume and every subvolume nested inside it (nested work creates some)."""
+        for sub in self._nested_subvolumes(path):
+            run(["btrfs", "property", "set", "-ts", sub, "ro", "false"], check=False)
+            run(["btrfs", "subvolume", "delete", sub])
+        if _is_subvolume(path):
+            run(["btrfs", "property", "set", "-ts", path, "ro", "false"], check=False)
+            run(["btrfs", "subvolume", "delete", path])
+        elif os.path.lexists(path):
+            shutil.rmtree(path)
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _is_subvolume(path):
+    try:
+        return os.stat(path).st_ino == 256 and os.path.isdir(path)
+    except OSError:
+        return False
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _reap(pid):
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _pidns(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
+def _machine_pids(directory, pidns):
+    """Processes of a machine: in its PID namespace, or with a root on its subvolume (nested
+    machines have PID namespaces of their own, but their roots live on the lab host's fork)."""
+    try:
+        device = os.stat(directory).st_dev
+    except OSError:
+        device = None
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        pid = int(entry)
+        try:
+            mine = (pidns and _pidns(pid) == pidns) or (
+                device is not None and os.stat(f"/proc/{pid}/root").st_dev == device)
+        except OSError:
+            continue
+        if mine and not _is_zombie(pid):
+            found.append(pid)
+    return found
+
+
+def _mounts_below(directory):
+    real = os.path.realpath(directory)
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            target = line.split()[4].replace("\\040", " ")
+            if target == real or target.startswith(real + "/"):
+                found.append(target)
+    return found
+
+
+def _loops_below(directory):
+    """Loop devices backed by a file of the machine: by path as the CI machine sees it, or by
+    the device of the machine's subvolume (a loop set up inside reports its in-machine path)."""
+    real = os.path.realpath(directory)
+    devices = set()
+    with contextlib.suppress(OSError):
+        st_dev = os.stat(real).st_dev
+        devices.add(f"{os.major(st_dev)}:{os.minor(st_dev)}")
+    listing = run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,BACK-MAJ:MIN"],
+                  check=False).stdout
+    found = []
+    for loop in json.loads(listing or '{"loopdevices": []}').get("loopdevices", []):
+        back = (loop.get("back-file") or "").removesuffix(" (deleted)")
+        if back.startswith(real + "/") or (loop.get("back-maj:min") or "").strip() in devices:
+            found.append(loop["name"])
+    return found
+
+
+def _links():
+    return [l.split(":")[1].strip().split("@")[0]
+            for l in run(["ip", "-o", "link", "show"]).stdout.splitlines()]
+
+
+def _tail(path, lines=30):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: scripts/lab
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="scripts/lab", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="create and boot lab hosts (idempotent)")
+    p_up.add_argument("names", nargs="+")
+    p_up.add_argument("--package", "-p", action="append", default=[],
+                      help="pre-bake this package into the image (repeatable)")
+    p_up.add_argument("--timeout", type=float, default=180)
+    p_down = sub.add_parser("down", help="stop lab hosts and remove all they left")
+    p_down.add_argument("names", nargs="*")
+    p_down.add_argument("--all", action="store_true", help="every recorded lab host")
+    sub.add_parser("list", help="list lab hosts")
+    p_image = sub.add_parser("image", help="build (or show) the cached image")
+    p_image.add_argument("--package", "-p", action="append", default=[])
+    p_image.add_argument("--rebuild", action="store_true")
+    p_shell = sub.add_parser("shell", help="a shell, or a command, inside a lab host")
+    p_shell.add_argument("name")
+    p_shell.add_argument("cmd", nargs=argparse.REMAINDER)
+    p_leader = sub.add_parser("leader", help="print the leader PID of a lab host")
+    p_leader.add_argument("name")
+    sub.add_parser("destroy-pool", help="down every lab host, unmount and delete the pool")
+    args = parser.parse_args(argv)
+    lab = Lab()
+    try:
+        if os.geteuid() != 0:
+            raise LabError("lab hosts need root (loop devices, btrfs, nspawn): run with sudo")
+        if args.command == "up":
+            for name in args.names:
+                machine = lab.up(name, packages=args.package, timeout=args.timeout)
+                print(f"{machine.name}\tleader={machine.leader}\taddress={machine.address}"
+                      f"\tfork={machine.fork_seconds}s\tready={machine.boot_seconds}s")
+        elif args.command == "down":
+            names = [m.name for m in lab.list()] if args.all else args.names
+            for name in names:
+                lab.down(name)
+                print(f"{name}\tremoved")
+        elif args.command == "list":
+            print("NAME\tSTATE\tLEADER\tADDRESS\tIMAGE")
+            for m in lab.list():
+                print(f"{m.name}\t{'running' if m.alive() else 'dead'}\t{m.leader}\t{m.address}\t"
+                      f"{m.image}")
+        elif args.command == "image":
+            path = lab.image(args.package, rebuild=args.rebuild)
+            print(json.dumps(dict(lab.image_info(path), path=path), indent=2))
+        elif args.command == "leader":
+            print(lab.require(args.name).leader)
+        elif args.command == "shell":
+            machine = lab.require(args.name)
+            cmd = args.cmd or ["/bin/bash", "-l"]
+            tty = sys.stdin.isatty()
+            proc = lab.exec(machine, cmd, check=False, stdin=None if not tty else sys.stdin,
+                            capture=False)
+            return proc.returncode
+        elif args.command == "destroy-pool":
+            for m in lab.list():
+                lab.down(m.name)
+            if os.path.ismount(lab.pool):
+                run(["umount", lab.pool])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lab.image_file)
+            print(f"removed {lab.image_file}")
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

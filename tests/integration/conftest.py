@@ -1,0 +1,78 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures for integration tests: real lab hosts (systemd-booted nspawn machines).
+
+``lab``       the session's :class:`replica_lab.Lab` (pool mounted, base image built once)
+``lab_host``  a factory: ``lab_host("name", packages=[...])`` boots a lab host that is removed
+              after the test, pass or fail
+``ansible``   runs ``ansible``/``ansible-playbook`` from the checkout against a lab host through
+              the ``replica.cloud.nspawn`` connection
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _skip_reason():
+    if os.geteuid() != 0:
+        return "lab hosts need root (loop devices, btrfs, systemd-nspawn)"
+    for tool in ("systemd-nspawn", "mmdebstrap", "mkfs.btrfs", "nsenter", "nft"):
+        if not any(os.access(os.path.join(d, tool), os.X_OK)
+                   for d in os.environ.get("PATH", "").split(os.pathsep)):
+            return f"{tool} is not installed (scripts/setup installs it)"
+    with open("/proc/filesystems", encoding="ascii") as handle:
+        if "btrfs" not in handle.read():
+            return "the kernel has no btrfs support"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    the_lab = replica_lab.Lab()
+    the_lab.image()  # build (or reuse) the base image once per session
+    return the_lab
+
+
+@pytest.fixture
+def lab_host(lab, request):
+    made = []
+
+    def make(name=None, packages=(), timeout=180):
+        name = name or f"it-{request.node.name[:20].lower().replace('_', '-').strip('-')}"
+        made.append(name)
+        return lab.up(name, packages=packages, timeout=timeout)
+
+    yield make
+    for name in made:
+        lab.down(name)
+
+
+def run_ansible(*argv, check=True):
+    """Run an Ansible command line from the checkout (its ansible.cfg makes replica.cloud)."""
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+               PATH=bindir + os.pathsep + os.environ.get("PATH", ""), LC_ALL="C.UTF-8",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([os.path.join(bindir, argv[0]), *argv[1:]], cwd=ROOT, env=env,
+                          text=True, capture_output=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def ansible():
+    return run_ansible

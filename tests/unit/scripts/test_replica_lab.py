@@ -1,0 +1,63 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lab's pure helpers: names, cache keys, addressing, the nspawn command line."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts"))
+
+import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.mark.parametrize("name", ["a", "lab1", "mol-default", "x" * 31])
+def test_valid_names(name):
+    assert replica_lab.validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", "A", "a_b", "a.b", "x" * 32, "a/b", "../x"])
+def test_invalid_names(name):
+    with pytest.raises(replica_lab.LabError, match="invalid lab host name"):
+        replica_lab.validate_name(name)
+
+
+def test_image_key_depends_on_content_not_order():
+    a = replica_lab.image_key("bookworm", ["b", "a"], ["src"])
+    assert a == replica_lab.image_key("bookworm", ["a", "b", "a"], ["src"])
+    assert a.startswith("bookworm-")
+    assert a != replica_lab.image_key("bookworm", ["a", "b", "c"], ["src"])
+    assert a != replica_lab.image_key("trixie", ["a", "b"], ["src"])
+    assert a != replica_lab.image_key("bookworm", ["a", "b"], ["other src"])
+    assert a != replica_lab.image_key("bookworm", ["a", "b"], ["src"], fmt=999)
+
+
+def test_addressing():
+    net = ipaddress.ip_network("10.9.0.0/29")
+    assert str(replica_lab.machine_address(1, net)) == "10.9.0.2"
+    assert replica_lab.free_index(set(), net) == 1
+    assert replica_lab.free_index({1, 2, 4}, net) == 3
+    with pytest.raises(replica_lab.LabError, match="no free address"):
+        replica_lab.free_index(set(range(1, 8)), net)
+    with pytest.raises(replica_lab.LabError):
+        replica_lab.machine_address(99, net)
+
+
+def test_nspawn_argv_is_a_privileged_booting_machine():
+    argv = replica_lab.nspawn_argv("lab1", "/pool/machines/lab1", ["/dev/loop-control"], "br9")
+    assert argv[0] == "systemd-nspawn"
+    assert "--boot" in argv and "--machine=lab1" in argv
+    assert "--directory=/pool/machines/lab1" in argv
+    assert "--network-bridge=br9" in argv and "--capability=all" in argv
+    assert "--bind=/dev/loop-control" in argv
+    assert "--register=no" in argv  # the CI machine has no systemd to register with
+    assert replica_lab.NSPAWN_ENV["SYSTEMD_SECCOMP"] == "0"
+
+
+def test_network_unit():
+    unit = replica_lab.network_unit("10.9.0.2", "10.9.0.1", 24)
+    assert "Name=host0" in unit and "Address=10.9.0.2/24" in unit and "Gateway=10.9.0.1" in unit
