@@ -256,7 +256,7 @@ class Lab:
         if not sources:
             raise LabError("the CI machine has no APT sources: configure /etc/apt/sources.list(.d)")
         aptopts = self.host_aptopts()
-        key = image_key(suite, wanted, [t for _, t in sources], [_read(p) for p in aptopts])
+        key = image_key(suite, wanted, [text for _path, text in sources], [_read(p) for p in aptopts])
         self.ensure_pool()
         path = os.path.join(self.images, key)
         with self.lock("images"):
@@ -552,7 +552,7 @@ class Lab:
     @staticmethod
     def _kill_machine_processes(directory, pidns):
         pids = []
-        for _ in range(50):
+        for _attempt in range(50):
             pids = _machine_pids(directory, pidns)
             if not pids:
                 return
@@ -685,7 +685,7 @@ def _tail(path, lines=30):
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="scripts/lab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/lab", description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="create and boot lab hosts (idempotent)")
     p_up.add_argument("names", nargs="+")
