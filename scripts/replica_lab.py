@@ -29,7 +29,7 @@ import sys
 import time
 
 #: Bump when the way images are built changes, so cached images are rebuilt.
-IMAGE_FORMAT = 2
+IMAGE_FORMAT = 3
 DEFAULT_SUITE = "bookworm"
 #: What every lab host carries: a booting systemd, what Ansible needs (python3, python3-apt),
 #: and what nested work needs (nspawn, machined, btrfs, iproute2).
@@ -293,6 +293,11 @@ class Lab:
                     "build_seconds": round(time.monotonic() - started, 2),
                     "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             self._flatten_subvolumes(tmp)
+            # mmdebstrap empties the package lists; date them to the epoch so apt (and Ansible's
+            # cache_valid_time) see them as stale rather than freshly updated
+            lists = os.path.join(tmp, "var/lib/apt/lists")
+            if os.path.isdir(lists):
+                os.utime(lists, (0, 0))
             run(["btrfs", "property", "set", "-ts", tmp, "ro", "true"])
             os.rename(tmp, path)
             with open(f"{path}.json", "w", encoding="utf-8") as handle:
