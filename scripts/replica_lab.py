@@ -714,7 +714,7 @@ def main(argv=None):
     lab = Lab()
     try:
         if os.geteuid() != 0:
-            raise LabError("lab hosts need root (loop devices, btrfs, nspawn): run with sudo")
+            raise LabError("lab hosts need root (loop devices, btrfs, nspawn): run as root")
         if args.command == "up":
             for name in args.names:
                 machine = lab.up(name, packages=args.package, timeout=args.timeout)
