@@ -749,6 +749,8 @@ def main(argv=None):
                 run(["umount", lab.pool])
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lab.image_file)
+            with contextlib.suppress(OSError):
+                os.rmdir(lab.pool)
             print(f"removed {lab.image_file}")
     except LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -76,3 +77,24 @@ def run_ansible(*argv, check=True):
 @pytest.fixture
 def ansible():
     return run_ansible
+
+
+def start_nested(lab, machine, name, timeout=60):
+    """Boot a nested nspawn machine *name* inside lab host *machine* through its machined
+    (``machinectl start``), forked from the same image, and wait until it runs."""
+    nested_root = os.path.join(machine.directory, "var/lib/machines", name)
+    os.makedirs(nested_root)
+    replica_lab.run(["cp", "-a", "--reflink=always",
+                     os.path.join(lab.images, machine.image) + "/.", nested_root])
+    with open(os.path.join(nested_root, "etc/hostname"), "w", encoding="ascii") as handle:
+        handle.write(f"{name}\n")
+    lab.exec(machine, ["machinectl", "start", name])
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = lab.exec(machine, ["systemd-run", "-M", name, "--wait", "--pipe", "--quiet",
+                                   "/bin/systemctl", "is-system-running"], check=False).stdout.strip()
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"nested machine {name} in {machine.name} did not boot: {state!r}")

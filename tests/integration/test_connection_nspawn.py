@@ -4,9 +4,14 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
+import sys
+
+from conftest import ROOT, start_nested
 
 PLAYBOOK = """
 - name: Exercise the nspawn connection
@@ -76,3 +81,41 @@ def test_failures_are_reported(lab_host, ansible):
                    "-a", "true", check=False)
     assert proc.returncode != 0
     assert "host" in (proc.stdout + proc.stderr).lower()
+
+
+ANSIBLE_PACKAGES = ("ansible", "ansible_core-*.dist-info", "jinja2", "jinja2-*.dist-info",
+                    "markupsafe", "markupsafe-*.dist-info", "yaml", "_yaml", "pyyaml-*.dist-info",
+                    "PyYAML-*.dist-info", "packaging", "packaging-*.dist-info", "resolvelib",
+                    "resolvelib-*.dist-info", "cryptography", "cryptography-*.dist-info", "cffi",
+                    "cffi-*.dist-info", "_cffi_backend*.so", "pycparser", "pycparser-*.dist-info")
+
+
+def test_by_machine_name_through_machined(lab, lab_host):
+    """As on a real host: machined knows the machine, the connection finds its leader by name.
+    The CI machine has no machined, so ansible-core runs inside a lab host (which has one)
+    against a nested machine there."""
+    machine = lab_host("it-machined")
+    start_nested(lab, machine, "inner")
+    # ansible-core and the collection's plugin, copied from this checkout's controller venv
+    # (same Python minor version as the lab image's python3)
+    site = next(p for p in sys.path if p.endswith("site-packages") and
+                os.path.isdir(os.path.join(p, "ansible")))
+    target = os.path.join(machine.directory, "opt/ansible-site")
+    os.makedirs(target)
+    for pattern in ANSIBLE_PACKAGES:
+        for path in glob.glob(os.path.join(site, pattern)):
+            dest = os.path.join(target, os.path.basename(path))
+            if os.path.isdir(path):
+                shutil.copytree(path, dest, symlinks=True)
+            else:
+                shutil.copy2(path, dest)
+    collection = os.path.join(machine.directory, "opt/collections/ansible_collections/replica/cloud")
+    shutil.copytree(os.path.join(ROOT, "plugins/connection"), os.path.join(collection, "plugins/connection"))
+    shutil.copytree(os.path.join(ROOT, "meta"), os.path.join(collection, "meta"))
+    proc = lab.exec(machine, [
+        "env", "PYTHONPATH=/opt/ansible-site", "ANSIBLE_COLLECTIONS_PATH=/opt/collections",
+        "ANSIBLE_HOST_KEY_CHECKING=0", "ANSIBLE_NOCOLOR=1", "LC_ALL=C.UTF-8",
+        "python3", "-m", "ansible", "adhoc", "-i", "inner,", "-c", "replica.cloud.nspawn",
+        "inner", "-m", "ansible.builtin.setup", "-a", "filter=ansible_hostname"], check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"ansible_hostname": "inner"' in proc.stdout

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import replica_lab
+from conftest import start_nested
 
 EMPTY = {"processes": [], "mounts": [], "loops": [], "links": [], "directory": [], "state": []}
 
@@ -52,22 +53,7 @@ def test_nested_work_loop_btrfs_and_nspawn(lab, lab_host):
     listing = sh(lab, machine, "btrfs subvolume list /srv/pool").stdout
     assert "sub@snap" in listing
     # a nested machine from the same image, started through machined as on a real host
-    image = os.path.join(lab.images, machine.image)
-    nested_root = os.path.join(machine.directory, "var/lib/machines/inner")
-    os.makedirs(nested_root)
-    replica_lab.run(["cp", "-a", "--reflink=always", image + "/.", nested_root])
-    with open(os.path.join(nested_root, "etc/hostname"), "w", encoding="ascii") as handle:
-        handle.write("inner\n")
-    sh(lab, machine, "machinectl start inner")
-    deadline = time.monotonic() + 60
-    state = ""
-    while time.monotonic() < deadline:
-        state = sh(lab, machine, "systemd-run -M inner --wait --pipe --quiet "
-                   "/bin/systemctl is-system-running || true", check=False).stdout.strip()
-        if state in ("running", "degraded"):
-            break
-        time.sleep(0.2)
-    assert state in ("running", "degraded"), state
+    assert start_nested(lab, machine, "inner") in ("running", "degraded")
     assert "inner" in sh(lab, machine, "machinectl list --no-legend").stdout
 
 
