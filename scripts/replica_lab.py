@@ -272,8 +272,9 @@ class Lab:
             # mmdebstrap reads the sources from standard input (mirror "-"): deb822 and
             # one-line formats cannot be mixed there, so prefer deb822 when the host uses it.
             stdin_text = "\n".join(deb822) if deb822 else "\n".join(one_line)
-            if suite != self._host_codename():
-                stdin_text = stdin_text.replace(self._host_codename(), suite)
+            host_suite = self._host_codename()
+            if suite != host_suite:
+                stdin_text = stdin_text.replace(host_suite, suite)
             argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
                     f"--include={','.join(wanted)}",
                     "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd",
@@ -286,22 +287,25 @@ class Lab:
                 proc = subprocess.run(argv, input=stdin_text, text=True, stdout=log,
                                       stderr=subprocess.STDOUT, check=False,
                                       env=dict(os.environ, LC_ALL="C"))
-            if proc.returncode != 0:
-                self._delete_subvolume(tmp)
-                raise LabError(f"mmdebstrap failed (rc={proc.returncode}); see {log.name}")
-            meta = {"key": key, "suite": suite, "packages": wanted,
-                    "build_seconds": round(time.monotonic() - started, 2),
-                    "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            self._flatten_subvolumes(tmp)
-            # mmdebstrap empties the package lists; date them to the epoch so apt (and Ansible's
-            # cache_valid_time) see them as stale rather than freshly updated
-            lists = os.path.join(tmp, "var/lib/apt/lists")
-            if os.path.isdir(lists):
-                os.utime(lists, (0, 0))
-            run(["btrfs", "property", "set", "-ts", tmp, "ro", "true"])
-            os.rename(tmp, path)
+            try:
+                if proc.returncode != 0:
+                    raise LabError(f"mmdebstrap failed (rc={proc.returncode}); see {log.name}")
+                self._flatten_subvolumes(tmp)
+                # mmdebstrap empties the package lists; date them to the epoch so apt (and
+                # Ansible's cache_valid_time) see them as stale rather than freshly updated
+                lists = os.path.join(tmp, "var/lib/apt/lists")
+                if os.path.isdir(lists):
+                    os.utime(lists, (0, 0))
+                run(["btrfs", "property", "set", "-ts", tmp, "ro", "true"])
+            except BaseException:
+                self._delete_subvolume(tmp)  # no half-built image is ever left under its key
+                raise
             with open(f"{path}.json", "w", encoding="utf-8") as handle:
-                json.dump(meta, handle, indent=2)
+                json.dump({"key": key, "suite": suite, "packages": wanted,
+                           "build_seconds": round(time.monotonic() - started, 2),
+                           "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                          handle, indent=2)
+            os.rename(tmp, path)
             return path
 
     def _flatten_subvolumes(self, tree):
