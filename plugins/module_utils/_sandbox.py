@@ -1,0 +1,150 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Partially containerized services: the systemd drop-in that hardens a packaged unit.
+
+Pure functions only (no I/O): the service_sandbox role renders the drop-in through the
+``replica.cloud.sandbox_dropin`` filter, and unit tests check the output.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Hardening every sandboxed service gets (the seed's immutable root, transient environment,
+#: consistent logging); a profile may override single keys through ``extra``.
+BASE_HARDENING = (
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("ProcSubset", "pid"),
+    ("NoNewPrivileges", "yes"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("LockPersonality", "yes"),
+    ("RemoveIPC", "yes"),
+    ("KeyringMode", "private"),
+    ("DevicePolicy", "closed"),
+    ("UMask", "0027"),
+    ("SystemCallArchitectures", "native"),
+    ("StandardOutput", "journal"),
+    ("StandardError", "journal"),
+)
+
+DEFAULTS = {
+    "writable": [],
+    "overlays": [],
+    "capabilities": [],
+    "address_families": ["AF_UNIX", "AF_INET", "AF_INET6"],
+    "system_call_filter": ["@system-service", "~@resources"],
+    "memory_deny_write_execute": True,
+    "private_network": False,
+    "network_namespace_path": "",
+    "extra": {},
+}
+
+_CAP_RE = re.compile(r"^CAP_[A-Z_]+$")
+_AF_RE = re.compile(r"^(AF_[A-Z0-9]+|none)$")
+_KEY_RE = re.compile(r"^[A-Z][A-Za-z]+$")
+
+
+class SandboxError(ValueError):
+    """A profile that cannot be turned into a drop-in; the message names the culprit."""
+
+
+def _absolute(path, what):
+    if not isinstance(path, str) or not path.startswith("/") or "\n" in path or " " in path:
+        raise SandboxError(f"{what} must be an absolute path without spaces, got {path!r}")
+    return path
+
+
+def overlay_source(name, dest, root="/etc/replica"):
+    """Where the collection keeps the rendered file that is mounted read-only over *dest*."""
+    _absolute(dest, "overlay path")
+    if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", name or ""):
+        raise SandboxError(f"service name {name!r} must be lower case letters, digits, '.', '_', '-'")
+    return f"{root}/{name}{dest}"
+
+
+def merge_profile(profile):
+    """The profile with defaults filled in and every value checked."""
+    unknown = sorted(set(profile or {}) - set(DEFAULTS))
+    if unknown:
+        raise SandboxError(f"unknown sandbox profile keys: {', '.join(unknown)}")
+    merged = dict(DEFAULTS, **(profile or {}))
+    for path in merged["writable"]:
+        _absolute(path, "writable path")
+    for overlay in merged["overlays"]:
+        if not isinstance(overlay, dict) or set(overlay) != {"src", "dest"}:
+            raise SandboxError(f"overlay {overlay!r} must have exactly src and dest")
+        _absolute(overlay["src"], "overlay src")
+        _absolute(overlay["dest"], "overlay dest")
+    for cap in merged["capabilities"]:
+        if not _CAP_RE.match(str(cap)):
+            raise SandboxError(f"capability {cap!r} is not a CAP_* name")
+    for family in merged["address_families"]:
+        if not _AF_RE.match(str(family)):
+            raise SandboxError(f"address family {family!r} is not an AF_* name")
+    if merged["private_network"] and merged["network_namespace_path"]:
+        raise SandboxError("private_network and network_namespace_path exclude each other")
+    if merged["network_namespace_path"]:
+        _absolute(merged["network_namespace_path"], "network_namespace_path")
+    for key in merged["extra"]:
+        if not _KEY_RE.match(str(key)):
+            raise SandboxError(f"extra key {key!r} is not a systemd [Service] setting name")
+    return merged
+
+
+def overlays_for(name, config):
+    """The overlays for configuration files ``[{dest, ...}]`` the role renders for *name*."""
+    return [{"src": overlay_source(name, item["dest"]), "dest": item["dest"]} for item in config]
+
+
+def render_dropin(profile, name=None, config=(), header="Managed by replica.cloud.service_sandbox"):
+    """The ``[Service]`` drop-in text for *profile* (see DEFAULTS for its keys), plus read-only
+    overlays for the configuration files in *config* of service *name*."""
+    profile = dict(profile or {})
+    if config:
+        profile["overlays"] = list(profile.get("overlays", [])) + overlays_for(name, config)
+    merged = merge_profile(profile)
+    settings = list(BASE_HARDENING)
+    settings.append(("MemoryDenyWriteExecute", "yes" if merged["memory_deny_write_execute"] else "no"))
+    settings.append(("RestrictAddressFamilies", " ".join(merged["address_families"])))
+    # the empty assignment resets what the packaged unit set; an empty list drops every capability
+    settings.append(("CapabilityBoundingSet", ""))
+    settings.append(("CapabilityBoundingSet", " ".join(merged["capabilities"])))
+    settings.append(("AmbientCapabilities", ""))
+    # one line per entry: systemd reads an allow list and a "~" deny list as separate lines
+    settings += [("SystemCallFilter", entry) for entry in merged["system_call_filter"]]
+    settings.append(("SystemCallErrorNumber", "EPERM"))
+    if merged["private_network"]:
+        settings.append(("PrivateNetwork", "yes"))
+    if merged["network_namespace_path"]:
+        settings.append(("NetworkNamespacePath", merged["network_namespace_path"]))
+    if merged["writable"]:
+        settings.append(("ReadWritePaths", " ".join(merged["writable"])))
+    for overlay in merged["overlays"]:
+        settings.append(("BindReadOnlyPaths", f"{overlay['src']}:{overlay['dest']}"))
+    overridden = {str(k) for k in merged["extra"]}
+    if len(overridden) != len(merged["extra"]):
+        raise SandboxError("extra has duplicate keys")
+    lines = [f"# {header}", "[Service]"]
+    lines += [f"{key}={value}" for key, value in settings if key not in overridden]
+    lines += [f"{key}={_value(value)}" for key, value in sorted(merged["extra"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _value(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,72 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The sandbox drop-in renderer: defaults, overlays, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.replica.cloud.plugins.module_utils import _sandbox as sb
+
+
+def settings(text):
+    lines = [l for l in text.splitlines() if l and not l.startswith("#")]
+    assert lines[0] == "[Service]"
+    return [tuple(l.split("=", 1)) for l in lines[1:]]
+
+
+def test_defaults_harden_everything():
+    got = settings(sb.render_dropin({}))
+    keys = dict(got)
+    assert keys["ProtectSystem"] == "strict" and keys["PrivateTmp"] == "yes"
+    assert keys["NoNewPrivileges"] == "yes" and keys["MemoryDenyWriteExecute"] == "yes"
+    assert keys["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    # capabilities: reset, then an empty set (none kept)
+    assert [v for k, v in got if k == "CapabilityBoundingSet"] == ["", ""]
+    assert [v for k, v in got if k == "SystemCallFilter"] == ["@system-service", "~@resources"]
+    assert "PrivateNetwork" not in keys and "ReadWritePaths" not in keys
+
+
+def test_profile_and_overlays():
+    text = sb.render_dropin(
+        {"writable": ["/var/log/nginx"], "capabilities": ["CAP_NET_BIND_SERVICE"],
+         "private_network": True, "memory_deny_write_execute": False},
+        name="nginx", config=[{"dest": "/etc/nginx/nginx.conf", "content": "x"}])
+    got = settings(text)
+    keys = dict(got)
+    assert keys["ReadWritePaths"] == "/var/log/nginx"
+    assert keys["PrivateNetwork"] == "yes" and keys["MemoryDenyWriteExecute"] == "no"
+    assert ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE") in got
+    assert ("BindReadOnlyPaths", "/etc/replica/nginx/etc/nginx/nginx.conf:/etc/nginx/nginx.conf") in got
+
+
+def test_extra_settings_win_and_come_last():
+    extra = {"PrivateTmp": False, "User": "www-data", "ReadOnlyPaths": ["/a", "/b"]}
+    got = settings(sb.render_dropin({"extra": extra}))
+    assert ("PrivateTmp", "yes") not in got
+    assert got[-3:] == [("PrivateTmp", "no"), ("ReadOnlyPaths", "/a /b"), ("User", "www-data")]
+
+
+def test_overlay_source():
+    assert sb.overlay_source("unbound", "/etc/unbound/unbound.conf") == \
+        "/etc/replica/unbound/etc/unbound/unbound.conf"
+
+
+@pytest.mark.parametrize("profile, message", [
+    ({"bogus": 1}, "unknown sandbox profile keys: bogus"),
+    ({"writable": ["relative/path"]}, "writable path must be an absolute path"),
+    ({"capabilities": ["NET_ADMIN"]}, "is not a CAP_"),
+    ({"address_families": ["INET"]}, "is not an AF_"),
+    ({"overlays": [{"src": "/a"}]}, "must have exactly src and dest"),
+    ({"private_network": True, "network_namespace_path": "/run/netns/x"}, "exclude each other"),
+    ({"extra": {"bad key": 1}}, "is not a systemd"),
+])
+def test_bad_profiles_are_refused(profile, message):
+    with pytest.raises(sb.SandboxError, match=message):
+        sb.render_dropin(profile)
+
+
+@pytest.mark.parametrize("name", ["", "Nginx", "../etc", "a/b"])
+def test_bad_service_names(name):
+    with pytest.raises(sb.SandboxError):
+        sb.overlay_source(name, "/etc/x")
