@@ -9,6 +9,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.replica.cloud.plugins.module_utils._sandbox import (
     SandboxError,
     overlay_source,
+    proxy_units,
     render_dropin,
 )
 
@@ -30,4 +31,5 @@ class FilterModule:
         return {
             "sandbox_dropin": _wrap(render_dropin),
             "sandbox_overlay_source": _wrap(overlay_source),
+            "sandbox_proxy_units": _wrap(proxy_units),
         }

@@ -108,12 +108,19 @@ def overlays_for(name, config):
     return [{"src": overlay_source(name, item["dest"]), "dest": item["dest"]} for item in config]
 
 
-def render_dropin(profile, name=None, config=(), header="Managed by replica.cloud.service_sandbox"):
+def render_dropin(profile, name=None, config=(), proxies=(),
+                  header="Managed by replica.cloud.service_sandbox"):
     """The ``[Service]`` drop-in text for *profile* (see DEFAULTS for its keys), plus read-only
-    overlays for the configuration files in *config* of service *name*."""
+    overlays for the configuration files in *config* of service *name*. Socket *proxies* put
+    the service in a network namespace of its own."""
     profile = dict(profile or {})
     if config:
         profile["overlays"] = list(profile.get("overlays", [])) + overlays_for(name, config)
+    if proxies:
+        if profile.get("network_namespace_path"):
+            raise SandboxError("proxies need the service's own private network, "
+                               "not network_namespace_path")
+        profile["private_network"] = True
     merged = merge_profile(profile)
     settings = list(BASE_HARDENING)
     settings.append(("MemoryDenyWriteExecute", "yes" if merged["memory_deny_write_execute"] else "no"))
@@ -148,3 +155,44 @@ def _value(value):
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
     return str(value)
+
+
+_ENDPOINT_RE = re.compile(r"^(/[^\s]+|(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):[0-9]{1,5})$")
+SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
+
+
+def _endpoint(value, what):
+    if not isinstance(value, str) or not _ENDPOINT_RE.match(value):
+        raise SandboxError(f"{what} {value!r} must be ADDRESS:PORT, [IPv6]:PORT or an absolute "
+                           "UNIX socket path")
+    return value
+
+
+def proxy_units(unit, name, proxies, header="Managed by replica.cloud.service_sandbox"):
+    """Unit files that carry each ``{listen, target}`` of *proxies* from the host into the
+    service's private network namespace: a socket unit listening on the host, and a
+    ``systemd-socket-proxyd`` service joined to the service's namespace (JoinsNamespaceOf=).
+    Returns ``{file name: content}``."""
+    overlay_source(name, "/")  # validates the name
+    units = {}
+    for index, proxy in enumerate(proxies):
+        if not isinstance(proxy, dict) or set(proxy) != {"listen", "target"}:
+            raise SandboxError(f"proxy {proxy!r} must have exactly listen and target")
+        listen = _endpoint(proxy["listen"], "proxy listen")
+        target = _endpoint(proxy["target"], "proxy target")
+        base = f"replica-proxy-{name}-{index}"
+        units[f"{base}.socket"] = (
+            f"# {header}\n[Unit]\nDescription=Host side of {unit} ({listen})\n"
+            "\n"
+            f"[Socket]\nListenStream={listen}\n\n[Install]\nWantedBy=sockets.target\n")
+        units[f"{base}.service"] = (
+            f"# {header}\n[Unit]\nDescription=Proxy {listen} into {unit}'s network namespace\n"
+            f"Requires={unit} {base}.socket\nAfter={unit} {base}.socket\n"
+            f"JoinsNamespaceOf={unit}\n\n"
+            f"[Service]\nExecStart={SOCKET_PROXYD} {target}\n"
+            "PrivateNetwork=yes\nDynamicUser=yes\n"
+            + "".join(f"{k}={v}\n" for k, v in BASE_HARDENING if k not in ("UMask",))
+            + "CapabilityBoundingSet=\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n"
+            "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources\n"
+            "MemoryDenyWriteExecute=yes\n")
+    return units

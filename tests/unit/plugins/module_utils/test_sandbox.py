@@ -70,3 +70,37 @@ def test_bad_profiles_are_refused(profile, message):
 def test_bad_service_names(name):
     with pytest.raises(sb.SandboxError):
         sb.overlay_source(name, "/etc/x")
+
+
+def test_proxies_put_the_service_in_its_own_network():
+    got = dict(settings(sb.render_dropin({}, name="unbound",
+                                         proxies=[{"listen": "127.0.0.1:53", "target": "127.0.0.1:53"}])))
+    assert got["PrivateNetwork"] == "yes"
+    with pytest.raises(sb.SandboxError, match="not network_namespace_path"):
+        sb.render_dropin({"network_namespace_path": "/run/netns/x"}, proxies=[{"listen": "a:1", "target": "b:2"}])
+
+
+def test_proxy_units():
+    units = sb.proxy_units("unbound.service", "unbound", [
+        {"listen": "127.0.0.1:53", "target": "127.0.0.1:53"},
+        {"listen": "/run/replica/unbound.sock", "target": "[::1]:8953"}])
+    assert sorted(units) == ["replica-proxy-unbound-0.service", "replica-proxy-unbound-0.socket",
+                             "replica-proxy-unbound-1.service", "replica-proxy-unbound-1.socket"]
+    assert "ListenStream=127.0.0.1:53" in units["replica-proxy-unbound-0.socket"]
+    assert "WantedBy=sockets.target" in units["replica-proxy-unbound-0.socket"]
+    service = units["replica-proxy-unbound-1.service"]
+    assert "JoinsNamespaceOf=unbound.service" in service
+    assert "PrivateNetwork=yes" in service and "CapabilityBoundingSet=\n" in service
+    assert f"ExecStart={sb.SOCKET_PROXYD} [::1]:8953" in service
+    assert "ListenStream=/run/replica/unbound.sock" in units["replica-proxy-unbound-1.socket"]
+
+
+@pytest.mark.parametrize("proxy, message", [
+    ({"listen": "53", "target": "127.0.0.1:53"}, "proxy listen"),
+    ({"listen": "127.0.0.1:53", "target": "relative.sock"}, "proxy target"),
+    ({"listen": "127.0.0.1:53"}, "exactly listen and target"),
+    ({"listen": "127.0.0.1:53\nExecStart=/bin/sh", "target": "127.0.0.1:53"}, "proxy listen"),
+])
+def test_bad_proxies(proxy, message):
+    with pytest.raises(sb.SandboxError, match=message):
+        sb.proxy_units("unbound.service", "unbound", [proxy])
