@@ -34,9 +34,17 @@ def exposure(lab, machine, unit):
 def main():
     with open(os.path.join(SCENARIO, "molecule.yml"), encoding="utf-8") as handle:
         packages = yaml.safe_load(handle)["platforms"][0]["packages"]
+    units = []
     with open(os.path.join(SCENARIO, "converge.yml"), encoding="utf-8") as handle:
-        units = [task["vars"]["service_sandbox_unit"] for play in yaml.safe_load(handle)
-                 for task in play["tasks"] if "service_sandbox_unit" in task.get("vars", {})]
+        for play in yaml.safe_load(handle):
+            play_vars = {}
+            for name in play.get("vars_files", []):
+                with open(os.path.join(SCENARIO, name), encoding="utf-8") as vars_file:
+                    play_vars.update(yaml.safe_load(vars_file))
+            for task in play["tasks"]:
+                unit = dict(play_vars, **task.get("vars", {})).get("service_sandbox_unit")
+                if unit:
+                    units.append(unit)
     lab = replica_lab.Lab()
     with lab.host("bench-exposure", packages=packages) as machine:
         before = {unit: exposure(lab, machine, unit) for unit in units}

@@ -86,7 +86,8 @@ def image_key(suite, packages, sources, aptopts=(), fmt=IMAGE_FORMAT):
 
 
 def machine_address(index, subnet=SUBNET):
-    """Address of lab host number *index* (1 is the CI machine's end of the bridge)."""
+    """Address of lab host number *index*: the subnet's host addresses, counted from 0, where 0
+    is the CI machine's end of the bridge."""
     hosts = list(subnet.hosts())
     if not 1 <= index < len(hosts):
         raise LabError(f"lab host index {index} outside {subnet}")
