@@ -11,6 +11,7 @@ from ansible_collections.replica.cloud.plugins.module_utils._sandbox import (
     overlay_source,
     proxy_units,
     render_dropin,
+    state_mount_unit,
 )
 
 
@@ -32,4 +33,5 @@ class FilterModule:
             "sandbox_dropin": _wrap(render_dropin),
             "sandbox_overlay_source": _wrap(overlay_source),
             "sandbox_proxy_units": _wrap(proxy_units),
+            "sandbox_state_mount": _wrap(state_mount_unit),
         }

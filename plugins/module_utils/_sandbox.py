@@ -108,12 +108,17 @@ def overlays_for(name, config):
     return [{"src": overlay_source(name, item["dest"]), "dest": item["dest"]} for item in config]
 
 
-def render_dropin(profile, name=None, config=(), proxies=(),
+def render_dropin(profile, name=None, config=(), proxies=(), state_path=None,
                   header="Managed by replica.cloud.service_sandbox"):
     """The ``[Service]`` drop-in text for *profile* (see DEFAULTS for its keys), plus read-only
     overlays for the configuration files in *config* of service *name*. Socket *proxies* put
-    the service in a network namespace of its own."""
+    the service in a network namespace of its own. A shifted *state_path* (mounted from the
+    service's CoW subvolume) is writable and must be mounted before the service starts."""
     profile = dict(profile or {})
+    if state_path:
+        _absolute(state_path, "state path")
+        if state_path not in profile.get("writable", []):
+            profile["writable"] = list(profile.get("writable", [])) + [state_path]
     if config:
         profile["overlays"] = list(profile.get("overlays", [])) + overlays_for(name, config)
     if proxies:
@@ -143,7 +148,10 @@ def render_dropin(profile, name=None, config=(), proxies=(),
     overridden = {str(k) for k in merged["extra"]}
     if len(overridden) != len(merged["extra"]):
         raise SandboxError("extra has duplicate keys")
-    lines = [f"# {header}", "[Service]"]
+    lines = [f"# {header}"]
+    if state_path:
+        lines += ["[Unit]", f"RequiresMountsFor={state_path}", ""]
+    lines += ["[Service]"]
     lines += [f"{key}={value}" for key, value in settings if key not in overridden]
     lines += [f"{key}={_value(value)}" for key, value in sorted(merged["extra"].items())]
     return "\n".join(lines) + "\n"
@@ -196,3 +204,38 @@ def proxy_units(unit, name, proxies, header="Managed by replica.cloud.service_sa
             "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources\n"
             "MemoryDenyWriteExecute=yes\n")
     return units
+
+
+_UNESCAPED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
+
+
+def escape_path(path):
+    """``systemd-escape --path``: the unit name stem systemd expects for a mount at *path*."""
+    _absolute(path, "path")
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return "-"
+    out = []
+    for index, char in enumerate("/".join(parts)):
+        if char == "/":
+            out.append("-")
+        elif char in _UNESCAPED and not (index == 0 and char == "."):
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def state_mount_unit(unit, path, subvolume, header="Managed by replica.cloud.service_sandbox"):
+    """The mount unit that shows the service's CoW *subvolume* at its state directory *path*
+    (a bind mount, visible to the whole host so that the package's own tools see the live
+    state). Returns ``{file name: content}``."""
+    _absolute(path, "state path")
+    _absolute(subvolume, "state subvolume")
+    if path == "/" or subvolume == "/":
+        raise SandboxError("state path and subvolume must be below /")
+    return {f"{escape_path(path)}.mount": (
+        f"# {header}\n[Unit]\nDescription=State of {unit} on its copy-on-write subvolume\n"
+        f"RequiresMountsFor={subvolume}\nBefore={unit}\n\n"
+        f"[Mount]\nWhat={subvolume}\nWhere={path}\nType=none\nOptions=bind\n\n"
+        "[Install]\nWantedBy=local-fs.target\n")}

@@ -104,3 +104,58 @@ def test_proxy_units():
 def test_bad_proxies(proxy, message):
     with pytest.raises(sb.SandboxError, match=message):
         sb.proxy_units("unbound.service", "unbound", [proxy])
+
+
+@pytest.mark.parametrize("path,escaped", [
+    ("/var/lib/postgresql", "var-lib-postgresql"),
+    ("/srv/my-data/x.y", "srv-my\\x2ddata-x.y"),
+    ("//srv//cow/", "srv-cow"),
+    ("/.hidden/a b", "\\x2ehidden-a\\x20b"),
+    ("/var/lib/ä", "var-lib-\\xc3\\xa4"),
+])
+def test_escape_path_like_systemd_escape(path, escaped):
+    if " " in path:
+        with pytest.raises(sb.SandboxError):
+            sb.escape_path(path)
+        return
+    assert sb.escape_path(path) == escaped
+
+
+def test_escape_path_matches_systemd_escape_when_installed():
+    import shutil
+    import subprocess
+    tool = shutil.which("systemd-escape")
+    if tool is None:
+        pytest.skip("systemd-escape is not installed here")
+    for path in ("/var/lib/postgresql", "/srv/my-data/x.y", "/var/lib/a_b:c", "/.dot/x", "/var/lib/ä+b"):
+        expected = subprocess.run([tool, "--path", path], check=True, text=True,
+                                  capture_output=True).stdout.strip()
+        assert sb.escape_path(path) == expected, path
+
+
+def test_state_mount_unit():
+    units = sb.state_mount_unit("postgresql@15-main.service", "/var/lib/postgresql",
+                                "/srv/cow/state/postgresql")
+    assert list(units) == ["var-lib-postgresql.mount"]
+    text = units["var-lib-postgresql.mount"]
+    assert "What=/srv/cow/state/postgresql\nWhere=/var/lib/postgresql\nType=none\nOptions=bind\n" in text
+    assert "Before=postgresql@15-main.service" in text
+    assert "RequiresMountsFor=/srv/cow/state/postgresql" in text
+    assert "WantedBy=local-fs.target" in text
+    for path, subvolume in (("relative", "/srv/x"), ("/var/lib/x", "/"), ("/", "/srv/x")):
+        with pytest.raises(sb.SandboxError):
+            sb.state_mount_unit("x.service", path, subvolume)
+
+
+def test_dropin_with_a_shifted_state_path():
+    text = sb.render_dropin({"writable": ["/run/postgresql"]}, name="postgresql",
+                            state_path="/var/lib/postgresql")
+    head, service = text.split("[Service]\n")
+    assert "[Unit]\nRequiresMountsFor=/var/lib/postgresql\n" in head
+    assert "ReadWritePaths=/run/postgresql /var/lib/postgresql\n" in service
+    # declared writable already: not twice
+    again = sb.render_dropin({"writable": ["/var/lib/postgresql"]}, state_path="/var/lib/postgresql")
+    assert "ReadWritePaths=/var/lib/postgresql\n" in again
+    assert "[Unit]" not in sb.render_dropin({})
+    with pytest.raises(sb.SandboxError):
+        sb.render_dropin({}, state_path="var/lib/x")
