@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,47 @@ def start_nested(lab, machine, name, timeout=60):
             return state
         time.sleep(0.2)
     raise AssertionError(f"nested machine {name} in {machine.name} did not boot: {state!r}")
+
+
+@pytest.fixture
+def loop_fs(tmp_path):
+    """A factory: ``loop_fs("btrfs" | "xfs" | "ext4" | "tmpfs", size_mb)`` makes a real file
+    system on a sparse loop image (xfs with reflink=1), mounts it under tmp_path and returns the
+    mount point; all are unmounted (and their loops released) after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices and mounts need root")
+    mounted = []
+    tools = {"btrfs": ("mkfs.btrfs", "-q"), "xfs": ("mkfs.xfs", "-q", "-m", "reflink=1"),
+             "ext4": ("mkfs.ext4", "-q", "-F")}
+
+    def make(kind, size_mb=256):
+        mnt = tmp_path / f"{kind}-{len(mounted)}"
+        mnt.mkdir()
+        if kind == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mnt)], check=True)
+        else:
+            mkfs = tools[kind]
+            if not any(os.access(os.path.join(d, mkfs[0]), os.X_OK)
+                       for d in os.environ.get("PATH", "").split(os.pathsep) + ["/sbin", "/usr/sbin"]):
+                pytest.skip(f"{mkfs[0]} is not installed (scripts/setup installs it)")
+            image = tmp_path / f"{kind}-{len(mounted)}.img"
+            with open(image, "wb") as handle:
+                handle.truncate(size_mb << 20)
+            subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+            subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in reversed(mounted):
+        subprocess.run(["umount", "-R", str(mnt)], check=False)
+
+
+def run_module(module, args, *extra, check=True):
+    """Run one of the collection's modules on this machine, with the system's Python as on any
+    target; returns ``(rc, result)``."""
+    proc = run_ansible("ansible", "localhost", "-c", "local", "-i", "localhost,",
+                       "-e", "ansible_python_interpreter=/usr/bin/python3",
+                       "-m", module, "-a", json.dumps(args), *extra, check=check)
+    text = proc.stdout
+    return proc.returncode, json.loads(text[text.index(" => {") + 4:])

@@ -7,12 +7,11 @@ idempotent, refuses what it must refuse and leaves nothing behind when it does."
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import subprocess
 
 import pytest
+from conftest import run_module
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
 
@@ -22,28 +21,15 @@ def sh(*argv):
 
 
 @pytest.fixture
-def cow(tmp_path):
-    """A btrfs file system on a loop image, mounted at tmp_path/cow."""
-    if shutil.which("mkfs.btrfs") is None:
-        pytest.skip("mkfs.btrfs is not installed (scripts/setup installs btrfs-progs)")
-    image, mnt = tmp_path / "cow.img", tmp_path / "cow"
-    mnt.mkdir()
-    with open(image, "wb") as handle:
-        handle.truncate(256 << 20)
-    sh("mkfs.btrfs", "-q", str(image))
-    sh("mount", "-o", "loop", str(image), str(mnt))
-    yield mnt
-    subprocess.run(["umount", "-R", str(mnt)], check=False)
+def cow(loop_fs):
+    """A btrfs file system on a loop image."""
+    return loop_fs("btrfs")
 
 
 @pytest.fixture
-def plain(tmp_path):
+def plain(loop_fs):
     """A tmpfs: a file system without copy-on-write subvolumes."""
-    mnt = tmp_path / "plain"
-    mnt.mkdir()
-    sh("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt))
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    return loop_fs("tmpfs", 16)
 
 
 @pytest.fixture
@@ -85,14 +71,9 @@ def fingerprint(root):
     return out
 
 
-def shift(ansible, path, subvolume, state="present", *extra, check=True):
-    # the module runs with the system's Python, as on any target
-    proc = ansible("ansible", "localhost", "-c", "local", "-i", "localhost,",
-                   "-e", "ansible_python_interpreter=/usr/bin/python3", "-m", "replica.cloud.state_shift",
-                   "-a", json.dumps({"path": str(path), "subvolume": str(subvolume), "state": state}),
-                   *extra, check=check)
-    text = proc.stdout
-    return proc.returncode, json.loads(text[text.index(" => {") + 4:])
+def shift(ansible, path, subvolume, state="present", *extra, check=True):  # pylint: disable=unused-argument
+    return run_module("replica.cloud.state_shift",
+                      {"path": str(path), "subvolume": str(subvolume), "state": state}, *extra, check=check)
 
 
 def test_move_in_and_back_keeps_everything(ansible, cow, state):

@@ -1,0 +1,329 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Copy-on-write backends: btrfs subvolumes, ZFS datasets, folders on reflink file systems.
+
+Standard library only, and no Ansible imports: the ``replica.cloud.cow_snapshot`` module and the
+``replica-snapshot`` command the storage role installs for its timers share this file. Commands
+run through a *run* callable, ``run(argv) -> (rc, stdout, stderr)``, given by the caller (the
+module's ``run_command`` with ``LC_ALL=C``, or :func:`subprocess_runner`).
+
+Each backend offers ``exists``, ``describe`` (what *dest* is: kind and source), ``snapshot``,
+``fork``, ``remove`` and ``list_snapshots``; :func:`plan_dest` decides from ``describe`` whether
+an existing *dest* is already what was asked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+
+BTRFS_SUBVOLUME_INO = 256
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+MARK = "user.replica.cow"  # extended attribute on reflink snapshots and forks: {"src", "kind"}
+
+
+class CowError(Exception):
+    """Something the user has to fix; the message says what."""
+
+
+def subprocess_runner(argv):
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def fstype(path):
+    """The file system type of *path* as ``stat -f`` names it, from /proc/self/mountinfo."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            fields = line.split()
+            sep = fields.index("-")
+            mount_point = fields[4].replace("\\040", " ")
+            if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) \
+                    and len(mount_point) >= len(best):
+                best, kind = mount_point, fields[sep + 1]
+    return kind
+
+
+def can_reflink(directory):
+    """Whether files in *directory* can share extents (FICLONE), probed with two temporary
+    files that are removed again."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".replica-reflink-") as src, \
+                tempfile.NamedTemporaryFile(dir=directory, prefix=".replica-reflink-") as dst:
+            src.write(b"replica")
+            src.flush()
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS):
+            return False
+        raise CowError(f"could not probe reflink support in {directory}: {exc}") from exc
+
+
+def _check(run, argv, what):
+    rc, out, err = run(argv)
+    if rc != 0:
+        raise CowError(f"{what} failed ({' '.join(argv)}): {(err or out).strip()}")
+    return out
+
+
+class Btrfs:
+    """Snapshots are read-only btrfs snapshots; forks writable ones."""
+
+    name = "btrfs"
+
+    def __init__(self, run, btrfs="btrfs"):
+        self.run = run
+        self.btrfs = btrfs
+
+    @staticmethod
+    def is_subvolume(path):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_SUBVOLUME_INO and fstype(path) == "btrfs"
+
+    def check_source(self, src):
+        if not os.path.lexists(src):
+            raise CowError(f"src {src} does not exist")
+        if not self.is_subvolume(src):
+            raise CowError(f"src {src} is not a btrfs subvolume (backend btrfs): make it one with "
+                           f"'btrfs subvolume create', or use backend reflink for a plain folder on btrfs")
+
+    def show(self, path):
+        out = _check(self.run, [self.btrfs, "subvolume", "show", path], f"reading subvolume {path}")
+        info = {}
+        for line in out.splitlines():
+            key, dummy, value = line.strip().partition(":")
+            if value:
+                info.setdefault(key.strip(), value.strip())
+        return info
+
+    def readonly(self, path):
+        out = _check(self.run, [self.btrfs, "property", "get", "-ts", path, "ro"], f"reading {path}")
+        return out.strip() == "ro=true"
+
+    def exists(self, dest):
+        return os.path.lexists(dest)
+
+    def describe(self, src, dest):
+        """``(kind, from_src)`` of an existing *dest*: kind snapshot, fork or other."""
+        if not self.is_subvolume(dest):
+            return "other", False
+        parent = self.show(dest).get("Parent UUID", "-")
+        from_src = parent != "-" and parent == self.show(src).get("UUID")
+        return ("snapshot" if self.readonly(dest) else "fork"), from_src
+
+    def snapshot(self, src, dest):
+        _check(self.run, [self.btrfs, "subvolume", "snapshot", "-r", src, dest], f"snapshot of {src}")
+
+    def fork(self, src, dest):
+        _check(self.run, [self.btrfs, "subvolume", "snapshot", src, dest], f"fork of {src}")
+
+    def remove(self, paths):
+        for start in range(0, len(paths), 100):
+            _check(self.run, [self.btrfs, "subvolume", "delete", *paths[start:start + 100]],
+                   "deleting snapshots")
+
+    def list_snapshots(self, snapshot_dir, parse):
+        """``[(path, time)]`` of the snapshots in *snapshot_dir* whose names *parse*."""
+        found = []
+        if not os.path.isdir(snapshot_dir):
+            return found
+        for entry in os.scandir(snapshot_dir):
+            when = parse(entry.name)
+            # a subvolume's entry in its parent carries the subvolume id, not its root inode
+            if when is not None and entry.is_dir(follow_symlinks=False) \
+                    and os.lstat(entry.path).st_ino == BTRFS_SUBVOLUME_INO:
+                found.append((entry.path, when))
+        return found
+
+
+class Reflink:
+    """Folders copied with ``cp -a --reflink=always`` (shared extents: fast, no extra space).
+    Snapshots are made read-only with the immutable attribute (``chattr +i``) on every file and
+    folder; both carry the extended attribute ``user.replica.cow`` naming their source and kind.
+    Not atomic: the copy sees a folder that changes while it runs."""
+
+    name = "reflink"
+
+    def __init__(self, run):
+        self.run = run
+
+    def check_source(self, src):
+        if not os.path.lexists(src):
+            raise CowError(f"src {src} does not exist")
+        if not os.path.isdir(src) or os.path.islink(src):
+            raise CowError(f"src {src} is not a folder")
+        if not can_reflink(src):
+            raise CowError(f"src {src} is on {fstype(src) or 'a file system'} without reflink "
+                           f"(copy-on-write) support, so a fork would be a full copy: use btrfs, or "
+                           f"xfs made with reflink=1")
+
+    @staticmethod
+    def mark(path):
+        try:
+            return json.loads(os.getxattr(path, MARK, follow_symlinks=False))
+        except (OSError, ValueError):
+            return None
+
+    def exists(self, dest):
+        return os.path.lexists(dest)
+
+    def describe(self, src, dest):
+        mark = self.mark(dest) if os.path.isdir(dest) and not os.path.islink(dest) else None
+        if not mark:
+            return "other", False
+        return mark.get("kind", "other"), mark.get("src") == src
+
+    def _immutable(self, root, flag):
+        paths = [root]
+        for directory, dirs, files in os.walk(root):
+            for name in dirs + files:
+                full = os.path.join(directory, name)
+                mode = os.lstat(full).st_mode
+                if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                    paths.append(full)
+        for start in range(0, len(paths), 500):
+            _check(self.run, ["chattr", flag, "--", *paths[start:start + 500]], f"chattr {flag} in {root}")
+
+    def _copy(self, src, dest, kind):
+        if not can_reflink(os.path.dirname(dest)):
+            raise CowError(f"{os.path.dirname(dest)} cannot share extents with {src} (not the same "
+                           f"reflink-capable file system): put dest next to src")
+        partial = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
+        if os.path.lexists(partial):
+            self._discard(partial)
+        os.mkdir(partial, 0o700)
+        try:
+            _check(self.run, ["cp", "-a", "--reflink=always", "--", src + "/.", partial + "/"],
+                   f"reflink copy of {src}")
+            os.setxattr(partial, MARK, json.dumps({"src": src, "kind": kind}).encode())
+            os.rename(partial, dest)  # an immutable folder cannot be renamed: chattr comes last
+        except (CowError, OSError):
+            self._discard(partial)
+            raise
+        if kind == "snapshot":
+            try:
+                self._immutable(dest, "+i")
+            except (CowError, OSError):
+                self._discard(dest)
+                raise
+
+    def _discard(self, path):
+        self.run(["chattr", "-R", "-i", "--", path])  # symlinks make it complain: ignore rc
+        shutil.rmtree(path)
+
+    def snapshot(self, src, dest):
+        self._copy(src, dest, "snapshot")
+
+    def fork(self, src, dest):
+        self._copy(src, dest, "fork")
+
+    def remove(self, paths):
+        for path in paths:
+            if self.describe_kind(path) == "snapshot":
+                self._immutable(path, "-i")
+            shutil.rmtree(path)
+
+    def describe_kind(self, path):
+        mark = self.mark(path)
+        return mark.get("kind") if mark else None
+
+    def list_snapshots(self, snapshot_dir, parse):
+        found = []
+        if not os.path.isdir(snapshot_dir):
+            return found
+        for entry in os.scandir(snapshot_dir):
+            when = parse(entry.name)
+            if when is not None and entry.is_dir(follow_symlinks=False) \
+                    and self.describe_kind(entry.path) == "snapshot":
+                found.append((entry.path, when))
+        return found
+
+
+class Zfs:
+    """Snapshots are ``dataset@name``; forks are ``zfs clone`` of a snapshot (a new one of *src*
+    unless *src* is a snapshot itself)."""
+
+    name = "zfs"
+
+    def __init__(self, run, zfs="zfs"):
+        self.run = run
+        self.zfs = zfs
+
+    def _get(self, dataset, prop):
+        rc, out, dummy = self.run([self.zfs, "get", "-H", "-p", "-o", "value", prop, dataset])
+        return out.strip() if rc == 0 else None
+
+    def exists(self, dest):
+        return self.run([self.zfs, "list", "-H", "-o", "name", "-t", "all", dest])[0] == 0
+
+    def check_source(self, src):
+        if not self.exists(src):
+            raise CowError(f"src {src} is not an existing ZFS dataset or snapshot (zfs list {src} fails)")
+
+    def describe(self, src, dest):
+        if "@" in dest:
+            return "snapshot", dest.split("@", 1)[0] == src
+        origin = self._get(dest, "origin")
+        if not origin or origin == "-":
+            return "other", False
+        return "fork", origin == src or origin.split("@", 1)[0] == src
+
+    def snapshot(self, src, dest):
+        if not dest.startswith(src + "@"):
+            raise CowError(f"a ZFS snapshot of {src} is named {src}@NAME, not {dest}")
+        _check(self.run, [self.zfs, "snapshot", dest], f"snapshot of {src}")
+
+    def fork(self, src, dest, origin=None):
+        if "@" not in src:
+            if origin is None:
+                raise CowError("a fork of a ZFS dataset needs a snapshot to clone")
+            self.snapshot(src, origin)
+            src = origin
+        _check(self.run, [self.zfs, "clone", src, dest], f"clone of {src}")
+
+    def remove(self, paths):
+        for path in paths:
+            _check(self.run, [self.zfs, "destroy", path], f"destroying {path}")
+
+    def list_snapshots(self, src, parse):
+        out = _check(self.run, [self.zfs, "list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", src],
+                     f"listing snapshots of {src}")
+        found = []
+        for name in out.split():
+            when = parse(name)
+            if when is not None:
+                found.append((name, when))
+        return found
+
+
+def detect(src, run, requested="auto"):
+    """The backend for *src*: a ZFS dataset name (no leading /), a btrfs subvolume, or a folder
+    on a reflink-capable file system."""
+    if requested == "zfs" or (requested == "auto" and not src.startswith("/")):
+        return Zfs(run)
+    if requested == "btrfs":
+        return Btrfs(run)
+    if requested == "reflink":
+        return Reflink(run)
+    if not os.path.lexists(src):
+        raise CowError(f"src {src} does not exist")
+    if Btrfs.is_subvolume(src):
+        return Btrfs(run)
+    if os.path.isdir(src) and can_reflink(src):
+        return Reflink(run)
+    raise CowError(f"src {src} is on {fstype(src) or 'a file system'} and is neither a btrfs subvolume "
+                   f"nor a folder on a reflink-capable file system: it has no copy-on-write, and this "
+                   f"module does not silently make full copies. Use btrfs, ZFS, or xfs with reflink=1")

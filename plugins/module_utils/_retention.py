@@ -1,0 +1,176 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Snapshot names and the retention policy: which snapshots to keep, which to delete.
+
+Pure functions, standard library only: the ``replica.cloud.cow_snapshot`` module and the
+``replica-snapshot`` command the storage role installs for its timers both use this file, so
+there is one implementation of the policy.
+
+Semantics (the same idea as btrbk's ``preserve`` and sanoid's counts):
+
+* A snapshot of ``NAME`` is called ``NAME@YYYYMMDDTHHMMSSZ``, the UTC time it was taken. Names
+  that do not parse this way are not snapshots of ``NAME``: the policy never touches them.
+* Time is bucketed into calendar periods in ``timezone`` (an IANA name, default ``UTC``):
+  hours, days, ISO weeks (Monday to Sunday), months, years. The period that is still running
+  counts like any other.
+* A period is represented by its **first** (oldest) snapshot: that is the one kept.
+* ``hourly: N`` keeps the representatives of the N most recent hours that have a snapshot;
+  likewise ``daily``, ``weekly``, ``monthly``, ``yearly``. ``all`` keeps every period's; 0
+  (the default) keeps none for that period kind. Periods without snapshots do not count, so N
+  kept per kind is exact whenever N such periods exist.
+* ``latest: N`` (default 1) always keeps the N newest snapshots: the newest is never deleted.
+* ``min_age`` (seconds, or a number with ``m``, ``h``, ``d``, ``w``) keeps everything taken less
+  than that long ago.
+* A snapshot dated after ``now`` (a clock that went back) is kept.
+* Every other snapshot, one that no rule keeps, is deleted.
+
+The result does not change when the policy is applied again to what it kept (same ``now``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+
+PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
+KEYS = PERIODS + ("latest", "min_age", "timezone")
+STAMP = "%Y%m%dT%H%M%SZ"
+_STAMP_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
+_DURATION_RE = re.compile(r"^([0-9]+)\s*([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+UTC = _dt.timezone.utc
+
+
+class RetentionError(ValueError):
+    """A retention policy or snapshot name that cannot be used; the message says why."""
+
+
+def snapshot_name(base, when):
+    """``base@YYYYMMDDTHHMMSSZ`` for an aware datetime *when*."""
+    if not base or "@" in base or "/" in base:
+        raise RetentionError(f"snapshot base name {base!r} must be non-empty, without '@' or '/'")
+    if when.tzinfo is None:
+        raise RetentionError("snapshot time must carry a time zone")
+    return f"{base}@{when.astimezone(UTC).strftime(STAMP)}"
+
+
+def parse_snapshot_name(base, name):
+    """The UTC time in *name* if it is a snapshot of *base*, else None."""
+    prefix = f"{base}@"
+    if not name.startswith(prefix):
+        return None
+    stamp = name[len(prefix):]
+    if not _STAMP_RE.match(stamp):
+        return None
+    try:
+        return _dt.datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def parse_duration(value):
+    """Seconds in ``min_age``: an int, or ``90m``, ``36h``, ``7d``, ``2w``."""
+    if isinstance(value, bool):
+        raise RetentionError(f"min_age {value!r} is not a duration")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION_RE.match(str(value).strip())
+        if not match:
+            raise RetentionError(f"min_age {value!r} is not a duration like 3600, 90m, 36h, 7d or 2w")
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise RetentionError(f"min_age {value!r} must not be negative")
+    return seconds
+
+
+def _zone(name):
+    if name in (None, "", "UTC", "Etc/UTC"):
+        return UTC
+    try:
+        import zoneinfo  # pylint: disable=import-outside-toplevel
+        return zoneinfo.ZoneInfo(name)
+    except (ImportError, ValueError, OSError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise RetentionError(f"timezone {name!r} is not a known IANA time zone (install tzdata?)") from exc
+
+
+def normalize(retention):
+    """The policy with defaults filled in and every value checked."""
+    retention = dict(retention or {})
+    unknown = sorted(set(retention) - set(KEYS))
+    if unknown:
+        raise RetentionError(f"unknown retention keys: {', '.join(unknown)} (known: {', '.join(KEYS)})")
+    policy = {}
+    for kind in PERIODS:
+        value = retention.get(kind, 0)
+        if value in (None, ""):
+            value = 0
+        if value == "all":
+            policy[kind] = "all"
+            continue
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = -1
+        if isinstance(value, bool) or count < 0 or str(count) != str(value).strip():
+            raise RetentionError(f"retention {kind} must be a count (0 or more) or 'all', got {value!r}")
+        policy[kind] = count
+    latest = retention.get("latest", 1)
+    if isinstance(latest, bool) or not str(latest).isdigit() or int(latest) < 1:
+        raise RetentionError(f"retention latest must be 1 or more (the newest is always kept), got {latest!r}")
+    policy["latest"] = int(latest)
+    policy["min_age"] = parse_duration(retention.get("min_age", 0))
+    policy["timezone"] = retention.get("timezone") or "UTC"
+    _zone(policy["timezone"])
+    return policy
+
+
+def _period_key(kind, local):
+    if kind == "hourly":
+        return (local.year, local.month, local.day, local.hour)
+    if kind == "daily":
+        return (local.year, local.month, local.day)
+    if kind == "weekly":
+        iso = local.isocalendar()
+        return (iso[0], iso[1])
+    if kind == "monthly":
+        return (local.year, local.month)
+    return (local.year,)
+
+
+def select(snapshots, retention, now):
+    """Apply *retention* to *snapshots*, an iterable of ``(id, aware datetime)``.
+
+    Returns ``(keep, delete, reasons)``: ids oldest first, and for each kept id the rules that
+    keep it (``hourly``, ``daily``, ..., ``latest``, ``min_age``, ``future``)."""
+    policy = normalize(retention)
+    zone = _zone(policy["timezone"])
+    ordered = sorted(snapshots, key=lambda item: (item[1], str(item[0])))
+    reasons = {}
+
+    def keep(ident, why):
+        reasons.setdefault(ident, []).append(why)
+
+    for ident, when in ordered[-policy["latest"]:]:
+        keep(ident, "latest")
+    cutoff = now - _dt.timedelta(seconds=policy["min_age"])
+    for ident, when in ordered:
+        if when > now:
+            keep(ident, "future")
+        elif policy["min_age"] and when > cutoff:
+            keep(ident, "min_age")
+    locals_ = [(ident, when.astimezone(zone)) for ident, when in ordered]
+    for kind in PERIODS:
+        count = policy[kind]
+        if count == 0:
+            continue
+        first = {}
+        for ident, local in locals_:  # oldest first: the first seen represents its period
+            first.setdefault(_period_key(kind, local), ident)
+        periods = sorted(first)
+        chosen = periods if count == "all" else periods[-count:]
+        for period in chosen:
+            keep(first[period], kind)
+    keep_ids = [item[0] for item in ordered if item[0] in reasons]
+    delete_ids = [item[0] for item in ordered if item[0] not in reasons]
+    return keep_ids, delete_ids, reasons
