@@ -14,8 +14,10 @@ an existing *dest* is already what was asked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -132,7 +134,9 @@ class Btrfs:
 
     def remove(self, paths):
         for start in range(0, len(paths), 100):
-            _check(self.run, [self.btrfs, "subvolume", "delete", *paths[start:start + 100]],
+            # --commit-after: the space is being given back when this returns, not at the next
+            # periodic commit (up to 30 s later)
+            _check(self.run, [self.btrfs, "subvolume", "delete", "--commit-after", *paths[start:start + 100]],
                    "deleting snapshots")
 
     def list_snapshots(self, snapshot_dir, parse):
@@ -327,3 +331,54 @@ def detect(src, run, requested="auto"):
     raise CowError(f"src {src} is on {fstype(src) or 'a file system'} and is neither a btrfs subvolume "
                    f"nor a folder on a reflink-capable file system: it has no copy-on-write, and this "
                    f"module does not silently make full copies. Use btrfs, ZFS, or xfs with reflink=1")
+
+
+class Series:
+    """The timestamped snapshots of one source: where they live, how they are named.
+
+    *names* is the ``_retention`` module (passed in, so that this file imports nothing of the
+    collection and runs the same inside a module and in the ``replica-snapshot`` command)."""
+
+    def __init__(self, backend, src, names, snapshot_dir=None, name=None):
+        self.backend = backend
+        self.names = names
+        if backend.name == "zfs":
+            self.location = self.base = src.split("@", 1)[0]
+        else:
+            self.base = name or os.path.basename(src.rstrip("/"))
+            self.location = snapshot_dir or os.path.join(os.path.dirname(src.rstrip("/")), ".snapshots")
+
+    def parse(self, item):
+        return self.names.parse_snapshot_name(self.base, item)
+
+    def dest_for(self, now):
+        """Where a snapshot taken at *now* goes."""
+        if self.backend.name == "zfs":
+            return f"{self.location}@{now.astimezone(self.names.UTC).strftime(self.names.STAMP)}"
+        return os.path.join(self.location, self.names.snapshot_name(self.base, now))
+
+    def listing(self):
+        """``[(name or path, time)]``, oldest first."""
+        return sorted(self.backend.list_snapshots(self.location, self.parse),
+                      key=lambda item: (item[1], item[0]))
+
+    @contextlib.contextmanager
+    def lock(self, wait=True):
+        """Hold the series' lock (a timer and a playbook must not prune the same snapshots at
+        once): an flock on a file in /run/lock named after the snapshots' location."""
+        folder = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
+        digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+        path = os.path.join(folder, f"replica-cow-{digest}.lock")
+        with open(path, "a", encoding="ascii") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise CowError(f"another run holds the lock of {self.location} ({path})") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def make_room(self, dest):
+        if self.backend.name != "zfs" and not os.path.isdir(os.path.dirname(dest)):
+            os.makedirs(os.path.dirname(dest), 0o755)

@@ -12,7 +12,7 @@ Semantics (the same idea as btrbk's ``preserve`` and sanoid's counts):
   that do not parse this way are not snapshots of ``NAME``: the policy never touches them.
 * Time is bucketed into calendar periods in ``timezone`` (an IANA name, default ``UTC``):
   hours, days, ISO weeks (Monday to Sunday), months, years. The period that is still running
-  counts like any other.
+  counts like any other. When clocks go back, the repeated wall-clock hour is two hours.
 * A period is represented by its **first** (oldest) snapshot: that is the one kept.
 * ``hourly: N`` keeps the representatives of the N most recent hours that have a snapshot;
   likewise ``daily``, ``weekly``, ``monthly``, ``yearly``. ``all`` keeps every period's; 0
@@ -127,7 +127,8 @@ def normalize(retention):
 
 def _period_key(kind, local):
     if kind == "hourly":
-        return (local.year, local.month, local.day, local.hour)
+        # the offset tells apart the two hours that share a wall-clock time when clocks go back
+        return (local.year, local.month, local.day, local.hour, local.utcoffset())
     if kind == "daily":
         return (local.year, local.month, local.day)
     if kind == "weekly":

@@ -156,6 +156,23 @@ from ansible_collections.replica.cloud.plugins.module_utils import _retention as
 ENV = {"LC_ALL": "C", "LANG": "C"}
 
 
+def act(action, backend, series, src, dest, doomed, now):
+    """Carry out the planned *action*."""
+    if action in ("snapshot", "fork"):
+        series.make_room(dest)
+    if action == "snapshot":
+        backend.snapshot(src, dest)
+    elif action == "fork":
+        if backend.name == "zfs":
+            backend.fork(src, dest, origin=series.dest_for(now))
+        else:
+            backend.fork(src, dest)
+    elif action == "absent":
+        backend.remove([dest])
+    elif doomed:
+        backend.remove(doomed)
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -194,31 +211,16 @@ def main():
         if backend.name != "zfs" and not src.startswith("/"):
             raise cow.CowError(f"src {src} must be an absolute path for backend {backend.name}")
         backend.check_source(src)
-        if backend.name == "zfs":
-            location = src.split("@", 1)[0]
-
-            def parse(item):
-                return retention.parse_snapshot_name(location, item)
-        else:
-            base = params["name"] or os.path.basename(src)
-            location = params["snapshot_dir"] or os.path.join(os.path.dirname(src), ".snapshots")
-
-            def parse(item):
-                return retention.parse_snapshot_name(base, item)
+        series = cow.Series(backend, src, retention, params["snapshot_dir"], params["name"])
         if state == "pruned":
             retention.normalize(params["retention"])  # bad policy: fail before anything
         now = datetime.datetime.now(datetime.timezone.utc)
 
-        def listing():
-            return sorted(backend.list_snapshots(location, parse), key=lambda item: (item[1], item[0]))
-
-        before = listing()
+        before = series.listing()
         result["snapshots"] = [item[0] for item in before]
         dest = params["dest"]
         if state == "snapshot" and not dest:
-            stamp = now.strftime(retention.STAMP)
-            dest = f"{location}@{stamp}" if backend.name == "zfs" else os.path.join(
-                location, retention.snapshot_name(base, now))
+            dest = series.dest_for(now)
         if dest and backend.name != "zfs":
             dest = os.path.normpath(dest)
             if not dest.startswith("/"):
@@ -253,29 +255,24 @@ def main():
     result["changed"] = action is not None
     if action and not module.check_mode:
         try:
-            if action in ("snapshot", "fork") and backend.name != "zfs":
-                parent = os.path.dirname(dest)
-                if not os.path.isdir(parent):
-                    os.makedirs(parent, 0o755)
-            if action == "snapshot":
-                backend.snapshot(src, dest)
-            elif action == "fork":
-                if backend.name == "zfs":
-                    backend.fork(src, dest, origin=f"{location}@{now.strftime(retention.STAMP)}")
-                else:
-                    backend.fork(src, dest)
-            elif action == "absent":
-                backend.remove([dest])
-            else:
-                backend.remove(result["deleted"])
+            with series.lock():
+                if action == "pruned":  # plan again under the lock: another run may have pruned
+                    current = series.listing()
+                    result["deleted"] = retention.select(current, params["retention"], now)[1]
+                    result["changed"] = bool(result["deleted"])
+                act(action, backend, series, src, dest, result["deleted"], now)
         except (cow.CowError, OSError) as exc:
+            if action == "pruned":  # say what is really gone
+                left = {item[0] for item in series.listing()}
+                result["deleted"] = [name for name in result["deleted"] if name not in left]
+            result["snapshots"] = [item[0] for item in series.listing()]
             module.fail_json(msg=f"{exc}", **result)
-        result["snapshots"] = [item[0] for item in listing()]
+        result["snapshots"] = [item[0] for item in series.listing()]
     elif action:
         names = [item[0] for item in before]
         if action == "pruned":
             names = [n for n in names if n not in result["deleted"]]
-        elif action == "snapshot" and parse(os.path.basename(dest) if backend.name != "zfs" else dest):
+        elif action == "snapshot" and series.parse(os.path.basename(dest) if backend.name != "zfs" else dest):
             names.append(dest)
         elif action == "absent" and dest in names:
             names.remove(dest)

@@ -141,3 +141,10 @@ def test_properties(snaps, policy):
     again = r.select([(k, times[k]) for k in keep], policy, NOW)
     assert again[0] == keep and again[1] == []
     assert again[2] == {k: reasons[k] for k in keep}
+
+
+def test_the_repeated_hour_when_clocks_go_back_is_two_hours():
+    # Berlin leaves summer time on 26 Oct 2025: 00:xx and 01:xx UTC are both 02:xx local
+    snaps = [(f"s{h}", dt.datetime(2025, 10, 26, h, 0, tzinfo=UTC)) for h in range(4)]
+    keep = r.select(snaps, {"hourly": 4, "timezone": "Europe/Berlin"}, NOW)[0]
+    assert keep == ["s0", "s1", "s2", "s3"]
