@@ -41,6 +41,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _loop import release  # noqa: E402  pylint: disable=wrong-import-position
+
 KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
@@ -104,29 +107,8 @@ class FileSystem:
 
     def destroy(self):
         """Unmount, make sure no loop device is left on the image, delete it; report problems."""
-        problems = []
-        if self.mounted:
-            for attempt in range(5):
-                if subprocess.run(["umount", self.mnt], check=False, capture_output=True).returncode == 0:
-                    break
-                time.sleep(0.5 * (attempt + 1))
-            else:
-                subprocess.run(["umount", "-l", self.mnt], check=False)
-                problems.append(f"{self.mnt} was busy, unmounted lazily")
-            self.mounted = False
-        if os.path.exists(self.image):
-            loops = subprocess.run(["losetup", "-j", self.image], check=False,
-                                   capture_output=True, text=True).stdout.split("\n")
-            for line in filter(None, loops):
-                device = line.split(":", 1)[0]
-                if subprocess.run(["losetup", "-d", device], check=False).returncode != 0:
-                    problems.append(f"could not detach {device} from {self.image}")
-            os.unlink(self.image)
-        if os.path.isdir(self.mnt):
-            try:
-                os.rmdir(self.mnt)
-            except OSError as exc:
-                problems.append(f"could not remove {self.mnt}: {exc}")
+        problems = release(self.image, self.mnt, self.mounted)
+        self.mounted = False
         return problems
 
 

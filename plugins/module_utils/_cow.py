@@ -78,6 +78,19 @@ def _check(run, argv, what):
     return out
 
 
+def _scan(snapshot_dir, parse, is_snapshot):
+    """``[(path, time)]`` of the folders in *snapshot_dir* whose names *parse* and that
+    *is_snapshot* accepts."""
+    found = []
+    if not os.path.isdir(snapshot_dir):
+        return found
+    for entry in os.scandir(snapshot_dir):
+        when = parse(entry.name)
+        if when is not None and entry.is_dir(follow_symlinks=False) and is_snapshot(entry.path):
+            found.append((entry.path, when))
+    return found
+
+
 class Btrfs:
     """Snapshots are read-only btrfs snapshots; forks writable ones."""
 
@@ -141,16 +154,8 @@ class Btrfs:
 
     def list_snapshots(self, snapshot_dir, parse):
         """``[(path, time)]`` of the snapshots in *snapshot_dir* whose names *parse*."""
-        found = []
-        if not os.path.isdir(snapshot_dir):
-            return found
-        for entry in os.scandir(snapshot_dir):
-            when = parse(entry.name)
-            # a subvolume's entry in its parent carries the subvolume id, not its root inode
-            if when is not None and entry.is_dir(follow_symlinks=False) \
-                    and os.lstat(entry.path).st_ino == BTRFS_SUBVOLUME_INO:
-                found.append((entry.path, when))
-        return found
+        # a subvolume's entry in its parent carries the subvolume id, not its root inode: lstat
+        return _scan(snapshot_dir, parse, lambda path: os.lstat(path).st_ino == BTRFS_SUBVOLUME_INO)
 
 
 class Reflink:
@@ -245,15 +250,8 @@ class Reflink:
         return mark.get("kind") if mark else None
 
     def list_snapshots(self, snapshot_dir, parse):
-        found = []
-        if not os.path.isdir(snapshot_dir):
-            return found
-        for entry in os.scandir(snapshot_dir):
-            when = parse(entry.name)
-            if when is not None and entry.is_dir(follow_symlinks=False) \
-                    and self.describe_kind(entry.path) == "snapshot":
-                found.append((entry.path, when))
-        return found
+        """``[(path, time)]`` of the snapshots in *snapshot_dir* whose names *parse*."""
+        return _scan(snapshot_dir, parse, lambda path: self.describe_kind(path) == "snapshot")
 
 
 class Zfs:

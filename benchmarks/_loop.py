@@ -1,0 +1,37 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared by the benchmarks: take down a file system on a loop image and leave nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+
+def release(image, mnt, mounted):
+    """Unmount *mnt* (when *mounted*), make sure no loop device is left on *image*, delete it and
+    the mount point; return the problems met, for the caller to report."""
+    problems = []
+    if mounted:
+        for attempt in range(5):
+            if subprocess.run(["umount", mnt], check=False, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5 * (attempt + 1))
+        else:
+            subprocess.run(["umount", "-l", mnt], check=False)
+            problems.append(f"{mnt} was busy, unmounted lazily")
+    if os.path.exists(image):
+        loops = subprocess.run(["losetup", "-j", image], check=False,
+                               capture_output=True, text=True).stdout.split("\n")
+        for line in filter(None, loops):
+            device = line.split(":", 1)[0]
+            if subprocess.run(["losetup", "-d", device], check=False).returncode != 0:
+                problems.append(f"could not detach {device} from {image}")
+        os.unlink(image)
+    if os.path.isdir(mnt):
+        try:
+            os.rmdir(mnt)
+        except OSError as exc:
+            problems.append(f"could not remove {mnt}: {exc}")
+    return problems
