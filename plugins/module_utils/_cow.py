@@ -380,3 +380,19 @@ class Series:
     def make_room(self, dest):
         if self.backend.name != "zfs" and not os.path.isdir(os.path.dirname(dest)):
             os.makedirs(os.path.dirname(dest), 0o755)
+
+
+def nested_subvolumes(root):
+    """The btrfs subvolumes below *root* (not *root* itself), deepest first: they must be
+    deleted before the subvolume that holds them (systemd makes some, e.g. /var/lib/machines)."""
+    found = []
+    for directory, dirs, dummy in os.walk(root):
+        for name in dirs:
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_SUBVOLUME_INO:
+                found.append(path)
+    return sorted(found, key=lambda path: path.count("/"), reverse=True)

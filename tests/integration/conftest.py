@@ -135,11 +135,25 @@ def loop_fs(tmp_path):
         subprocess.run(["umount", "-R", str(mnt)], check=False)
 
 
-def run_module(module, args, *extra, check=True):
-    """Run one of the collection's modules on this machine, with the system's Python as on any
-    target; returns ``(rc, result)``."""
-    proc = run_ansible("ansible", "localhost", "-c", "local", "-i", "localhost,",
-                       "-e", "ansible_python_interpreter=/usr/bin/python3",
+def run_module(module, args, *extra, check=True, machine=None):
+    """Run one of the collection's modules on this machine (or in lab host *machine*, through
+    the nspawn connection), with the target's system Python; returns ``(rc, result)``."""
+    if machine is None:
+        target = ["localhost", "-c", "local", "-i", "localhost,"]
+    else:
+        target = [machine.name, "-i", f"{machine.name},", "-c", "replica.cloud.nspawn",
+                  "-e", f"ansible_nspawn_leader_pid={machine.leader}"]
+    proc = run_ansible("ansible", *target, "-e", "ansible_python_interpreter=/usr/bin/python3",
                        "-m", module, "-a", json.dumps(args), *extra, check=check)
     text = proc.stdout
     return proc.returncode, json.loads(text[text.index(" => {") + 4:])
+
+
+def seed_image(lab, machine, name="debian-12"):
+    """Put the lab's base image into lab host *machine* as a machine image (a read-only btrfs
+    snapshot: instant, and the machines forked from it inside are snapshots too)."""
+    images = os.path.join(machine.directory, "var/lib/machines/.images")
+    os.makedirs(images, exist_ok=True)
+    replica_lab.run(["btrfs", "subvolume", "snapshot", "-r", os.path.join(lab.images, machine.image),
+                     os.path.join(images, name)])
+    return f"/var/lib/machines/.images/{name}"

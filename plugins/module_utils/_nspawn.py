@@ -1,0 +1,260 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Containers: the files that define an nspawn machine, rendered from its spec.
+
+Pure functions only: ``replica.cloud.nspawn_machine`` writes what these return, unit tests check
+it. A machine is the stock ``systemd-nspawn@<name>.service`` with ``/etc/systemd/nspawn/<name>.nspawn``
+and a drop-in for resource limits and devices; first-boot settings are files written into the
+machine's own fork before it first boots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from ansible_collections.replica.cloud.plugins.module_utils._sandbox import escape_path
+
+HEADER = "# Managed by replica.cloud.nspawn_machine"
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ADDRESS_RE = re.compile(r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
+IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+NETWORK_TYPES = ("veth", "bridge", "macvlan", "none", "host")
+#: where the machines' shared hosts file lives on the host (bind-mounted read-only as /etc/hosts
+#: into every machine, rewritten in place so that running machines see new names at once)
+HOSTS_FILE = "/etc/replica/machines/hosts"
+HOSTS_DIR = "/etc/replica/machines/hosts.d"
+
+
+class MachineError(ValueError):
+    """A spec that cannot become a machine; the message says what to fix."""
+
+
+def check_name(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise MachineError(f"machine name {name!r} must be 1-64 lower-case letters, digits and '-', "
+                           f"not starting or ending with '-' (it is also the host name)")
+    return name
+
+
+def _path(value, what):
+    if not isinstance(value, str) or not value.startswith("/") or "\n" in value or ":" in value:
+        raise MachineError(f"{what} must be an absolute path without ':' or newlines, got {value!r}")
+    return value
+
+
+def _bind(entry, what):
+    """``src[:dest]`` from a string or ``{src, dest}``."""
+    if isinstance(entry, dict):
+        src, dest = entry.get("src"), entry.get("dest", entry.get("src"))
+    else:
+        src, dummy, dest = str(entry).partition(":")
+        dest = dest or src
+    return f"{_path(src, what)}:{_path(dest, what)}" if src != dest else _path(src, what)
+
+
+def network_settings(network):
+    """The .nspawn ``[Network]`` lines for *network* ``{type, bridge, interface}``."""
+    network = dict(network or {})
+    kind = network.get("type", "veth")
+    if kind not in NETWORK_TYPES:
+        raise MachineError(f"network type {kind!r} must be one of {', '.join(NETWORK_TYPES)}")
+    if kind == "bridge":
+        bridge = network.get("bridge")
+        if not bridge or not IFACE_RE.match(str(bridge)):
+            raise MachineError("network type bridge needs network.bridge, the host bridge's name")
+        return [("VirtualEthernet", "yes"), ("Bridge", bridge)]
+    if kind == "macvlan":
+        iface = network.get("interface")
+        if not iface or not IFACE_RE.match(str(iface)):
+            raise MachineError("network type macvlan needs network.interface, a host interface")
+        return [("VirtualEthernet", "no"), ("MACVLAN", iface)]
+    if kind == "veth":
+        return [("VirtualEthernet", "yes")]
+    if kind == "none":
+        return [("Private", "yes"), ("VirtualEthernet", "no")]
+    return [("Private", "no"), ("VirtualEthernet", "no")]
+
+
+def guest_interface(network):
+    """The interface name the machine sees for its network."""
+    kind = (network or {}).get("type", "veth")
+    if kind in ("veth", "bridge"):
+        return "host0"
+    if kind == "macvlan":
+        return f"mv-{network['interface']}"[:15]
+    return None
+
+
+def render_nspawn(spec):
+    """The ``/etc/systemd/nspawn/<name>.nspawn`` text for *spec* (see the module's options)."""
+    check_name(spec["name"])
+    execs = [("Boot", "yes"), ("NotifyReady", "yes"), ("Hostname", spec.get("hostname") or spec["name"])]
+    if spec.get("timezone"):
+        execs.append(("Timezone", "off"))  # keep the machine's own zone (nspawn would copy the host's)
+    if spec.get("private_users") is not None:
+        execs.append(("PrivateUsers", spec["private_users"]))
+    for cap in spec.get("capabilities") or []:
+        if not re.match(r"^CAP_[A-Z_]+$", str(cap)):
+            raise MachineError(f"capability {cap!r} is not a CAP_* name")
+    if spec.get("capabilities"):
+        execs.append(("Capability", " ".join(spec["capabilities"])))
+    files = [("Bind", _bind(b, "bind")) for b in spec.get("binds") or []]
+    files += [("BindReadOnly", _bind(b, "read-only bind")) for b in spec.get("binds_ro") or []]
+    if spec.get("shared_hosts", True):
+        files.append(("BindReadOnly", f"{HOSTS_FILE}:/etc/hosts"))
+    files += gpu_binds(spec.get("gpu"))
+    sections = {"Exec": execs, "Files": files, "Network": network_settings(spec.get("network"))}
+    for section, values in (spec.get("settings") or {}).items():
+        if section not in ("Exec", "Files", "Network"):
+            raise MachineError(f"settings section {section!r} must be Exec, Files or Network")
+        if not isinstance(values, dict):
+            raise MachineError(f"settings.{section} must be a dict of .nspawn keys")
+        for key, value in values.items():
+            if not re.match(r"^[A-Z][A-Za-z]+$", str(key)):
+                raise MachineError(f"settings.{section} key {key!r} is not a .nspawn key")
+            sections[section] = [(k, v) for k, v in sections[section] if k != key]
+            for item in value if isinstance(value, list) else [value]:
+                sections[section].append((key, _value(item)))
+    lines = [HEADER]
+    for section in ("Exec", "Files", "Network"):
+        if sections[section]:
+            lines += ["", f"[{section}]"] + [f"{key}={value}" for key, value in sections[section]]
+    return "\n".join(lines) + "\n"
+
+
+def _value(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render_dropin(spec):
+    """The ``systemd-nspawn@<name>.service.d/50-replica.conf`` text: resource limits and the
+    devices a GPU needs; None when there is nothing to say."""
+    lines = []
+    limits = (("memory_max", "MemoryMax"), ("cpu_weight", "CPUWeight"), ("tasks_max", "TasksMax"))
+    for option, key in limits:
+        value = spec.get(option)
+        if value not in (None, ""):
+            if not re.match(r"^[0-9]+[KMGTP%]?$|^infinity$", str(value)):
+                raise MachineError(f"{option} {value!r} must be a number (with K, M, G, T or %) or infinity")
+            lines.append(f"{key}={value}")
+    if spec.get("gpu"):
+        lines += [f"DeviceAllow={node} rwm" for node in spec["gpu"].get("devices", [])]
+    if not lines:
+        return None
+    return "\n".join([HEADER, "[Service]"] + lines) + "\n"
+
+
+def gpu_binds(gpu):
+    """``Bind``/``BindReadOnly`` lines that give a machine the host's NVIDIA GPU: the device
+    nodes read-write, the driver's libraries and tools read-only at the same paths.
+    *gpu* is ``{devices: [/dev/nvidia0, ...], libraries: [...], binaries: [...]}`` as found on
+    the host (the module looks them up)."""
+    if not gpu:
+        return []
+    out = [("Bind", _path(node, "GPU device")) for node in gpu.get("devices", [])]
+    out += [("BindReadOnly", _path(lib, "GPU library")) for lib in gpu.get("libraries", [])]
+    out += [("BindReadOnly", _path(tool, "GPU tool")) for tool in gpu.get("binaries", [])]
+    return out
+
+
+def network_file(spec):
+    """A systemd-networkd file for static addresses in the machine, or None for DHCP (the
+    image's own ``80-container-host0.network``)."""
+    network = spec.get("network") or {}
+    addresses = network.get("addresses") or []
+    iface = guest_interface(network)
+    if not addresses or iface is None:
+        return None
+    for address in addresses:
+        if not ADDRESS_RE.match(str(address)):
+            raise MachineError(f"address {address!r} must be ADDRESS/PREFIX, e.g. 10.0.0.5/24")
+    lines = ["# Managed by replica.cloud.nspawn_machine (first boot)", "[Match]", f"Name={iface}", "",
+             "[Network]"]
+    lines += [f"Address={a}" for a in addresses]
+    if network.get("gateway"):
+        lines.append(f"Gateway={network['gateway']}")
+    lines += [f"DNS={d}" for d in network.get("dns") or []]
+    lines += ["LinkLocalAddressing=no", "IPv6AcceptRA=no"]
+    return "\n".join(lines) + "\n"
+
+
+def firstboot_files(spec):
+    """The files written into the machine's fork before its first boot, as
+    ``{path in the machine: (content, mode, uid, gid)}``; users come from a sysusers.d file."""
+    name = check_name(spec["name"])
+    hostname = spec.get("hostname") or name
+    check_name(hostname.split(".")[0])
+    files = {"/etc/hostname": (f"{hostname}\n", 0o644, 0, 0)}
+    if spec.get("timezone"):
+        if not re.match(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", spec["timezone"]):
+            raise MachineError(f"timezone {spec['timezone']!r} is not an IANA name")
+    keys = spec.get("ssh_authorized_keys") or []
+    if keys:
+        files["/root/.ssh/authorized_keys"] = ("".join(f"{k.strip()}\n" for k in keys), 0o600, 0, 0)
+    sysusers = []
+    for index, user in enumerate(spec.get("users") or []):
+        uname = user.get("name") if isinstance(user, dict) else None
+        if not uname or not USER_RE.match(uname) or uname == "root":
+            raise MachineError(f"user {user!r} needs a name of lower-case letters, digits, '_' and '-' (not root)")
+        uid = int(user.get("uid", 1000 + index))
+        sysusers.append(f"u {uname} {uid} \"{user.get('gecos', uname)}\" /home/{uname} {user.get('shell', '/bin/bash')}")
+        for group in user.get("groups") or []:
+            sysusers.append(f"m {uname} {group}")
+        files[f"/home/{uname}/.keep"] = ("", 0o600, uid, uid)
+        ukeys = user.get("ssh_authorized_keys") or []
+        if ukeys:
+            files[f"/home/{uname}/.ssh/authorized_keys"] = ("".join(f"{k.strip()}\n" for k in ukeys), 0o600, uid, uid)
+    if sysusers:
+        files["/etc/sysusers.d/50-replica.conf"] = ("\n".join(sysusers) + "\n", 0o644, 0, 0)
+    for item in spec.get("files") or []:
+        path = _path(item.get("path"), "files[].path")
+        files[path] = (item.get("content", ""), int(str(item.get("mode", "0644")), 8),
+                       int(item.get("uid", 0)), int(item.get("gid", 0)))
+    network = network_file(spec)
+    if network:
+        files["/etc/systemd/network/10-replica.network"] = (network, 0o644, 0, 0)
+    files.update(nfs_units(spec.get("nfs")))
+    return files
+
+
+def nfs_units(mounts):
+    """Automounted NFS shares in the machine: a ``.mount`` and an enabled ``.automount`` per
+    ``{what: server:/export, where: /mnt/x, options}``. A symlink is ``("->", target)``."""
+    files = {}
+    for mount in mounts or []:
+        what, where = mount.get("what", ""), _path(mount.get("where"), "nfs[].where")
+        if not re.match(r"^[A-Za-z0-9.:\[\]-]+:/[^\s]*$", str(what)):
+            raise MachineError(f"nfs what {what!r} must be SERVER:/EXPORT")
+        unit = escape_path(where)
+        options = mount.get("options") or "vers=4.2,soft,timeo=100"
+        files[f"/etc/systemd/system/{unit}.mount"] = (
+            f"# Managed by replica.cloud.nspawn_machine\n[Unit]\nDescription=NFS {what}\n\n"
+            f"[Mount]\nWhat={what}\nWhere={where}\nType=nfs\nOptions={options}\n", 0o644, 0, 0)
+        files[f"/etc/systemd/system/{unit}.automount"] = (
+            f"# Managed by replica.cloud.nspawn_machine\n[Unit]\nDescription=Automount NFS {what}\n\n"
+            f"[Automount]\nWhere={where}\nTimeoutIdleSec={mount.get('idle', '10min')}\n\n"
+            "[Install]\nWantedBy=remote-fs.target\n", 0o644, 0, 0)
+        files[f"/etc/systemd/system/remote-fs.target.wants/{unit}.automount"] = (
+            "->", f"../{unit}.automount")
+    return files
+
+
+def firstboot_digest(spec):
+    """A digest of the first-boot settings, kept in the fork to tell when they changed."""
+    keys = ("hostname", "ssh_authorized_keys", "users", "timezone", "files", "network")
+    data = {key: spec.get(key) for key in keys}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def render_hosts(entries):
+    """The machines' shared hosts file from ``{name: [addresses]}``."""
+    lines = [HEADER, "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    for name in sorted(entries):
+        for address in entries[name]:
+            lines.append(f"{address.split('/')[0]}\t{name}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,117 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""replica.cloud.nspawn_machine in a lab host: real nested machines, forked from a btrfs image,
+booted by systemd-nspawn@.service to READY, on a bridge, reaching each other by name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from conftest import run_module, seed_image
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIReplicaTestKey test@replica"
+
+
+def inside(lab, machine, guest, command):
+    return lab.exec(machine, ["systemd-run", "-M", guest, "--wait", "--pipe", "--quiet",
+                              "/bin/sh", "-c", command], check=False)
+
+
+def tree_digest(root):
+    digest = hashlib.sha256()
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            digest.update(f"{os.path.relpath(path, root)} {st.st_mode} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def test_lifecycle_names_and_firstboot(lab, lab_host):
+    machine = lab_host("it-machines")
+    image = seed_image(lab, machine)
+    image_on_host = os.path.join(machine.directory, image.lstrip("/"))
+    before = tree_digest(image_on_host)
+    lab.exec(machine, ["ip", "link", "add", "br-m", "type", "bridge"])
+    lab.exec(machine, ["ip", "addr", "add", "10.77.0.1/24", "dev", "br-m"])
+    lab.exec(machine, ["ip", "link", "set", "br-m", "up"])
+
+    def nm(args, *extra, check=True):
+        return run_module("replica.cloud.nspawn_machine", args, *extra, check=check, machine=machine)
+
+    web = {"name": "web1", "image": "debian-12", "network": {"type": "bridge", "bridge": "br-m",
+           "addresses": ["10.77.0.11/24"]}, "ssh_authorized_keys": [KEY], "memory_max": "512M",
+           "files": [{"path": "/etc/motd", "content": "replica.cloud machine\n"}]}
+    db = {"name": "db1", "image": "debian-12", "network": {"type": "bridge", "bridge": "br-m",
+          "addresses": ["10.77.0.12/24"]}}
+
+    rc, checked = nm(web, "--check", "--diff")
+    assert rc == 0 and checked["changed"]
+    assert not os.path.exists(os.path.join(machine.directory, "var/lib/machines/web1"))
+
+    rc, started = nm(web)
+    assert rc == 0 and started["changed"] and started["state"] == "running" and started["leader"] > 0
+    assert "10.77.0.11" in started["addresses"] and started["ready_seconds"] < 30
+    rc, other = nm(db)
+    assert rc == 0 and other["state"] == "running"
+
+    # first-boot overlay, seen from inside
+    out = inside(lab, machine, "web1", "hostname; cat /root/.ssh/authorized_keys; cat /etc/motd").stdout
+    assert out.split("\n")[:3] == ["web1", KEY, "replica.cloud machine"]
+    # by name, over the bridge: db1 fetches a page web1 serves, and web1 resolves db1
+    assert inside(lab, machine, "db1", "getent hosts web1").stdout.split()[0] == "10.77.0.11"
+    assert inside(lab, machine, "web1", "getent hosts db1").stdout.split()[0] == "10.77.0.12"
+    lab.exec(machine, ["systemd-run", "-M", "web1", "--unit", "page", "--working-directory", "/etc",
+                       "python3", "-m", "http.server", "8000"])
+    fetch = ("for i in $(seq 50); do python3 -c \"import urllib.request;"
+             " print(urllib.request.urlopen('http://web1:8000/motd').read().decode())\" && exit 0;"
+             " sleep 0.1; done; exit 1")
+    assert inside(lab, machine, "db1", fetch).stdout.strip() == "replica.cloud machine"
+    assert "MemoryMax=536870912" in lab.exec(machine, ["systemctl", "show", "-p", "MemoryMax",
+                                                       "systemd-nspawn@web1.service"]).stdout
+
+    # writes in a machine stay in its fork
+    inside(lab, machine, "web1", "echo changed > /etc/motd; dd if=/dev/zero of=/var/tmp/blob bs=1M count=8")
+    assert tree_digest(image_on_host) == before
+
+    # idempotent; a changed setting asks for a restart, and gets one when asked
+    rc, again = nm(web)
+    assert rc == 0 and not again["changed"]
+    web["memory_max"] = "256M"
+    rc, changed = nm(web)
+    assert rc == 0 and changed["changed"] and changed["restart_required"]
+    rc, restarted = nm(dict(web, state="restarted"))
+    assert rc == 0 and restarted["changed"] and not restarted["restart_required"]
+    assert "MemoryMax=268435456" in lab.exec(machine, ["systemctl", "show", "-p", "MemoryMax",
+                                                       "systemd-nspawn@web1.service"]).stdout
+
+    rc, stopped = nm(dict(web, state="stopped"))
+    assert rc == 0 and stopped["changed"] and stopped["state"] == "stopped"
+    rc, again = nm(dict(web, state="stopped"))
+    assert rc == 0 and not again["changed"]
+
+    # bad input: nothing created
+    rc, bad = nm({"name": "x1", "image": "no-such-image"}, check=False)
+    assert rc != 0 and "image no-such-image is not there" in bad["msg"] and "debian-12" in bad["msg"]
+    rc, bad = nm({"name": "x2", "image": "debian-12", "network": {"type": "bridge", "bridge": "br-none"}}, check=False)
+    assert rc != 0 and "bridge br-none does not exist" in bad["msg"]
+    lab.exec(machine, ["mkdir", "-p", "/var/lib/machines/handmade"])
+    rc, bad = nm({"name": "handmade", "image": "debian-12"}, check=False)
+    assert rc != 0 and "not a machine managed by replica.cloud" in bad["msg"]
+    for name in ("x1", "x2"):
+        assert not os.path.exists(os.path.join(machine.directory, "var/lib/machines", name))
+        assert not os.path.exists(os.path.join(machine.directory, f"etc/systemd/nspawn/{name}.nspawn"))
+
+    # removal: unit settings, name and fork go
+    rc, gone = nm({"name": "web1", "state": "absent"})
+    assert rc == 0 and gone["changed"]
+    assert not os.path.exists(os.path.join(machine.directory, "var/lib/machines/web1"))
+    assert not os.path.exists(os.path.join(machine.directory, "etc/systemd/nspawn/web1.nspawn"))
+    assert "web1" not in inside(lab, machine, "db1", "cat /etc/hosts").stdout
+    rc, again = nm({"name": "web1", "state": "absent"})
+    assert rc == 0 and not again["changed"]
+    rc, kept = nm({"name": "db1", "state": "absent", "keep_data": True})
+    assert rc == 0 and os.path.isdir(os.path.join(machine.directory, "var/lib/machines/db1/etc"))
+    assert tree_digest(image_on_host) == before
