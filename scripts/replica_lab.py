@@ -33,6 +33,8 @@ IMAGE_FORMAT = 3
 DEFAULT_SUITE = "bookworm"
 #: What every lab host carries: a booting systemd, what Ansible needs (python3, python3-apt),
 #: and what nested work needs (nspawn, machined, btrfs, iproute2).
+#: inotify limits a host with many nested systemd instances needs (see Lab._ensure_limits)
+INOTIFY_LIMITS = {"max_user_instances": 4096, "max_user_watches": 1048576}
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "systemd-container", "libnss-mymachines",
     "python3", "python3-apt", "iproute2", "iputils-ping", "procps", "sudo",
@@ -343,6 +345,19 @@ class Lab:
                     return line.split("=", 1)[1].strip().strip('"')
         return DEFAULT_SUITE
 
+    @staticmethod
+    def _ensure_limits():
+        """Every lab host, and every machine nested in one, runs a systemd that takes inotify
+        instances of the same (root) user: the kernel's default of 128 runs out after a few
+        dozen. Raise the limits (never lower them); they stay raised, which is harmless."""
+        for name, wanted in INOTIFY_LIMITS.items():
+            path = f"/proc/sys/fs/inotify/{name}"
+            with open(path, encoding="ascii") as handle:
+                current = int(handle.read().strip())
+            if current < wanted:
+                with open(path, "w", encoding="ascii") as handle:
+                    handle.write(str(wanted))
+
     # -- host network ------------------------------------------------------------------------
     def _ensure_network(self):
         """Bridge, address and NAT towards the package registries, made once, removed by down."""
@@ -410,6 +425,7 @@ class Lab:
             directory = os.path.join(self.machines, name)
             if os.path.exists(directory):
                 self._delete_subvolume(directory)
+            self._ensure_limits()
             gateway = self._ensure_network()
             started = time.monotonic()
             run(["btrfs", "subvolume", "snapshot", image, directory])

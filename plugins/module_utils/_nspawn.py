@@ -213,6 +213,9 @@ def firstboot_files(spec):
         files["/etc/sysusers.d/50-replica.conf"] = ("\n".join(sysusers) + "\n", 0o644, 0, 0)
     for item in spec.get("files") or []:
         path = _path(item.get("path"), "files[].path")
+        if item.get("link"):  # a symlink, e.g. enabling a unit: {path: .../x.wants/a.service, link: ../a.service}
+            files[path] = ("->", str(item["link"]))
+            continue
         files[path] = (item.get("content", ""), int(str(item.get("mode", "0644")), 8),
                        int(item.get("uid", 0)), int(item.get("gid", 0)))
     network = network_file(spec)

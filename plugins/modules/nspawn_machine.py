@@ -70,7 +70,9 @@ options:
     description: IANA time zone.
     type: str
   files:
-    description: Small files to place at first boot, each C({path, content, mode, uid, gid}).
+    description:
+      - Small files to place at first boot, each C({path, content, mode, uid, gid}), or a symlink
+        C({path, link}) (for example to enable a unit).
     type: list
     elements: dict
   network:
@@ -440,13 +442,15 @@ def main():
                 module.exit_json(**result)
             if active:
                 host.run(["systemctl", "stop", unit])
-            host.run(["systemctl", "disable", "--quiet", unit], check=False)
+            host.run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
+            had_dropin = os.path.exists(dropin_path)
             for path in (nspawn_path, dropin_path, record_path):
                 if os.path.exists(path):
                     os.unlink(path)
             if os.path.isdir(os.path.dirname(dropin_path)) and not os.listdir(os.path.dirname(dropin_path)):
                 os.rmdir(os.path.dirname(dropin_path))
-            host.run(["systemctl", "daemon-reload"])
+            if had_dropin:  # the .nspawn file is read at start; only a drop-in needs a reload
+                host.run(["systemctl", "daemon-reload"])
             update_hosts(name, [], remove=True)
             if fork_exists and not params["keep_data"]:
                 backend = cow.Btrfs(run) if cow.Btrfs.is_subvolume(fork) else cow.Reflink(run)
@@ -504,6 +508,7 @@ def main():
         if spec.get("shared_hosts", True):
             update_hosts(name, addresses)
         write_file(nspawn_path, nspawn_text)
+        dropin_changed = read(dropin_path) != dropin_text
         if dropin_text:
             write_file(dropin_path, dropin_text)
         elif os.path.exists(dropin_path):
@@ -511,28 +516,33 @@ def main():
         write_file(record_path, json.dumps({"image": params["image"] if create else (record or {}).get("image"),
                                             "firstboot": digest if create else (record or {}).get("firstboot", digest)},
                                            indent=1) + "\n")
-        if changed_settings or create:
+        if dropin_changed:  # the .nspawn file is read at start; only a drop-in needs a reload
             host.run(["systemctl", "daemon-reload"])
         if enable_change:
-            host.run(["systemctl", "enable" if params["enabled"] else "disable", "--quiet", unit])
+            host.run(["systemctl", "enable" if params["enabled"] else "disable", "--no-reload", "--quiet", unit])
         if will_stop:
             host.run(["systemctl", "stop", unit])
         if will_start:
-            started = time.monotonic()
+            if host.unit_state(unit).get("ActiveState") == "failed":
+                host.run(["systemctl", "reset-failed", unit])  # else a stale "failed" reads as this start's
             verb = "restart" if active else "start"
-            host.run(["systemctl", verb, "--no-block", unit])
+            started = time.monotonic()
             if params["wait"]:
-                deadline = started + params["timeout"]
-                while True:
-                    current = host.unit_state(unit).get("ActiveState")
-                    if current == "active":
-                        break
-                    if current == "failed" or time.monotonic() > deadline:
-                        log = host.run(["journalctl", "-u", unit, "-n", "20", "--no-pager"], check=False)[1]
-                        raise ns.MachineError(f"machine {name} did not become ready ({current} after "
-                                              f"{time.monotonic() - started:.1f} s):\n{log}")
-                    time.sleep(0.02)
+                # Type=notify and NotifyReady=yes: systemctl returns when the machine is READY
+                rc, out, err = host.run(["timeout", str(params["timeout"]), "systemctl", verb, unit], check=False)
                 result["ready_seconds"] = round(time.monotonic() - started, 3)
+                if rc != 0:
+                    log = host.run(["journalctl", "-u", unit, "-n", "20", "--no-pager"], check=False)[1]
+                    hint = ""
+                    if "Too many open files" in log:
+                        hint = (" The host ran out of inotify instances: raise fs.inotify.max_user_instances "
+                                "(each machine's systemd takes some).")
+                    result["state"] = "failed"
+                    raise ns.MachineError(
+                        f"machine {name} did not become ready ({'timed out after' if rc == 124 else 'failed after'} "
+                        f"{result['ready_seconds']} s).{hint}\n{(err or out).strip()}\n{log}")
+            else:
+                host.run(["systemctl", verb, "--no-block", unit])
             result["restart_required"] = False
         result["leader"] = host.leader(name)
         result["state"] = "running" if result["leader"] else "stopped"

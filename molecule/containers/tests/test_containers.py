@@ -1,0 +1,72 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""replica.cloud.containers in a lab host: an image built ahead of time, machines from inventory,
+a machine started by name through the template service set, a lambda that scales to zero."""
+
+from __future__ import annotations
+
+import json
+import time
+
+IMAGE = "/var/lib/machines/.images/debian-12"
+
+
+def inside(host, machine, command):
+    return host.run(f"systemd-run -M {machine} --wait --pipe --quiet /bin/sh -c '{command}'")
+
+
+def wait(check, timeout=30, step=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
+
+
+def test_the_image_is_built_read_only_with_its_packages(host):
+    assert host.check_output(f"btrfs property get -ts {IMAGE} ro") == "ro=true"
+    record = json.loads(host.file(f"{IMAGE}.json").content_string)
+    assert "curl" in record["packages"] and "systemd" in record["packages"]
+    assert host.file(f"{IMAGE}/usr/bin/curl").exists
+
+
+def test_machines_run_with_their_first_boot_settings(host):
+    out = host.check_output("machinectl list --no-legend")
+    assert "web1" in out and "db1" in out
+    assert inside(host, "web1", "hostname").stdout.strip() == "web1"
+    assert "ReplicaMolecule" in inside(host, "web1", "cat /root/.ssh/authorized_keys").stdout
+    assert host.check_output("systemctl show -p MemoryMax --value systemd-nspawn@web1.service") == "536870912"
+
+
+def test_machines_reach_each_other_by_name(host):
+    fetch = "for i in $(seq 60); do curl -fsS http://web1/ && exit 0; sleep 0.25; done; exit 1"
+    assert inside(host, "db1", fetch).stdout.strip() == "web1 says hello"
+
+
+def test_the_image_is_unchanged_by_a_machine(host):
+    before = host.check_output(f"btrfs subvolume show {IMAGE} | grep -i generation")
+    inside(host, "web1", "echo changed > /etc/motd; dd if=/dev/zero of=/var/tmp/blob bs=1M count=4 2>/dev/null")
+    assert host.check_output(f"btrfs subvolume show {IMAGE} | grep -i generation") == before
+    assert "changed" not in host.file(f"{IMAGE}/etc/motd").content_string
+
+
+def test_a_new_machine_by_name(host):
+    host.check_output("systemctl start replica-machine@quick.service")
+    assert host.check_output("systemctl is-active systemd-nspawn@quick.service") == "active"
+    assert inside(host, "quick", "hostname").stdout.strip() == "quick"
+    assert "debian-12" in host.check_output("journalctl -u replica-machine-prepare@quick.service --no-pager")
+    host.check_output("systemctl stop replica-machine@quick.service")
+    assert wait(lambda: host.run("systemctl is-active systemd-nspawn@quick.service").stdout.strip() != "active")
+
+
+def test_a_lambda_starts_on_connection_and_scales_to_zero(host):
+    assert host.run("systemctl is-active systemd-nspawn@hello.service").stdout.strip() != "active"
+    page = host.check_output("curl -fsS --retry 5 --retry-connrefused --max-time 30 http://127.0.0.1:8081/")
+    assert page == "hello from a lambda"
+    assert host.check_output("systemctl is-active systemd-nspawn@hello.service") == "active"
+    # idle: 5s, then the proxy exits and the machine, unneeded, stops
+    assert wait(lambda: host.run("systemctl is-active systemd-nspawn@hello.service").stdout.strip() != "active",
+                timeout=45)
+    page = host.check_output("curl -fsS --retry 5 --retry-connrefused --max-time 30 http://127.0.0.1:8081/")
+    assert page == "hello from a lambda"

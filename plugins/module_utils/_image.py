@@ -1,0 +1,75 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Machine images built with mmdebstrap: their cache key and the command line that builds one.
+
+Pure functions (standard library only); ``replica.cloud.machine_image`` reads the host's APT
+sources and runs the command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+#: What every machine image holds: a booting systemd with networkd, D-Bus, ip, and Python
+#: (so Ansible can manage the machine through the nspawn connection).
+BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "python3", "ca-certificates")
+FORMAT = 1  # bump when the build changes in a way that must rebuild cached images
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+class ImageError(ValueError):
+    """An image spec that cannot be built; the message says what to fix."""
+
+
+def check_name(name):
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+        raise ImageError(f"image name {name!r} must be letters, digits, '.', '_', '-' (up to 64)")
+    return name
+
+
+def packages_for(extra):
+    """The image's package list: the base set and *extra*, sorted, each name checked."""
+    wanted = set(BASE_PACKAGES)
+    for name in extra or []:
+        if not isinstance(name, str) or not _PACKAGE_RE.match(name):
+            raise ImageError(f"package {name!r} is not a Debian package name")
+        wanted.add(name)
+    return sorted(wanted)
+
+
+def image_key(suite, packages, sources, aptopts=()):
+    """A digest naming what the image is built from: a changed package list or source rebuilds it."""
+    data = json.dumps({"format": FORMAT, "suite": suite, "packages": sorted(packages),
+                       "sources": list(sources), "aptopts": list(aptopts)}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def sources_text(sources, host_codename, suite):
+    """What mmdebstrap reads as its sources on standard input (mirror ``-``): the host's own,
+    deb822 when the host uses it (the two formats cannot be mixed there), the suite's codename
+    in place of the host's."""
+    deb822 = [text for path, text in sources if path.endswith(".sources")]
+    one_line = [text for path, text in sources if path.endswith(".list")]
+    if not deb822 and not one_line:
+        raise ImageError("the host has no APT sources (/etc/apt/sources.list or sources.list.d): configure them first")
+    text = "\n".join(deb822) if deb822 else "\n".join(one_line)
+    if suite != host_codename:
+        text = re.sub(rf"\b{re.escape(host_codename)}\b", suite, text)
+    return text
+
+
+def mmdebstrap_argv(suite, packages, dest, aptopts=()):
+    """The command that builds the image into the existing folder *dest*."""
+    if not _SUITE_RE.match(suite or ""):
+        raise ImageError(f"suite {suite!r} must be a codename like bookworm")
+    argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
+            f"--include={','.join(packages)}",
+            '--customize-hook=chroot "$1" systemctl enable systemd-networkd',
+            '--customize-hook=chroot "$1" systemctl mask systemd-networkd-wait-online',
+            # an empty machine-id: each machine gets its own at first boot
+            '--customize-hook=rm -f "$1"/etc/machine-id && touch "$1"/etc/machine-id']
+    argv += [f"--aptopt={path}" for path in aptopts]
+    return argv + [suite, dest, "-"]

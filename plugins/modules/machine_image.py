@@ -1,0 +1,264 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: machine_image
+short_description: Debian/Ubuntu machine images, built ahead of time onto copy-on-write storage
+version_added: 0.1.0
+description:
+  - Builds a root file system with C(mmdebstrap) from the host's own APT sources (and its
+    C(Acquire::) settings) into O(images_dir)/O(name), ready for M(replica.cloud.nspawn_machine)
+    to fork. On btrfs the image is a subvolume made read-only once built; on a reflink file
+    system (xfs) a folder.
+  - An image holds a booting systemd with networkd enabled, D-Bus, C(ip), Python 3 and
+    ca-certificates, plus O(packages) ("pre-baked" sets). Its machine-id is empty, so every
+    machine gets its own.
+  - The image is rebuilt only when what it is built from changes (suite, packages, APT sources)
+    or with O(state=refreshed); machines already forked from it keep their own copy.
+  - A failed build leaves nothing behind, and the image it was to replace stays.
+author: replica.cloud contributors (@replica-cloud)
+options:
+  name:
+    description: Image name (the folder name, what M(replica.cloud.nspawn_machine) O(replica.cloud.nspawn_machine#module:image) refers to).
+    type: str
+    required: true
+  suite:
+    description: Debian or Ubuntu codename; defaults to the host's.
+    type: str
+  packages:
+    description: Packages to pre-bake, beyond the base set.
+    type: list
+    elements: str
+    default: []
+  images_dir:
+    description: Where images live; on btrfs (or a reflink file system) next to the machines.
+    type: path
+    default: /var/lib/machines/.images
+  state:
+    description:
+      - V(present) - built, and rebuilt when its sources changed.
+      - V(refreshed) - rebuilt now (newer packages).
+      - V(absent) - removed.
+    type: str
+    choices: [present, refreshed, absent]
+    default: present
+notes:
+  - Needs mmdebstrap on the host, and btrfs-progs for btrfs.
+  - Only the O(images_dir) of the host's own architecture is built.
+attributes:
+  check_mode:
+    description: Reports whether the image would be built or removed.
+    support: full
+  diff_mode:
+    description: Shows the image's package list and key before and after.
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: A Debian 12 image with nginx pre-baked
+  replica.cloud.machine_image:
+    name: debian-12-web
+    suite: bookworm
+    packages: [nginx, curl]
+
+- name: Refresh it (security updates)
+  replica.cloud.machine_image:
+    name: debian-12-web
+    packages: [nginx, curl]
+    state: refreshed
+"""
+
+RETURN = r"""
+path:
+  description: The image's root.
+  returned: always
+  type: str
+key:
+  description: Digest of what the image is built from.
+  returned: when present
+  type: str
+packages:
+  description: Its package list.
+  returned: when present
+  type: list
+  elements: str
+build_seconds:
+  description: How long the build took (when built).
+  returned: when built
+  type: float
+"""
+
+import json
+import os
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
+from ansible_collections.replica.cloud.plugins.module_utils import _image as img
+
+ENV = {"LC_ALL": "C", "LANG": "C"}
+
+
+def host_sources():
+    files = ["/etc/apt/sources.list"]
+    if os.path.isdir("/etc/apt/sources.list.d"):
+        files += sorted(os.path.join("/etc/apt/sources.list.d", f) for f in os.listdir("/etc/apt/sources.list.d"))
+    found = []
+    for path in files:
+        if path.endswith((".list", ".sources")) and os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+            if text.strip():
+                found.append((path, text))
+    return found
+
+
+def host_aptopts():
+    conf = "/etc/apt/apt.conf.d"
+    found = []
+    for name in sorted(os.listdir(conf)) if os.path.isdir(conf) else []:
+        path = os.path.join(conf, name)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        if "Acquire::" in text:
+            found.append((path, text))
+    return found
+
+
+def host_codename():
+    with open("/etc/os-release", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "suite": {"type": "str"},
+            "packages": {"type": "list", "elements": "str", "default": []},
+            "images_dir": {"type": "path", "default": "/var/lib/machines/.images"},
+            "state": {"type": "str", "choices": ["present", "refreshed", "absent"], "default": "present"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    name = params["name"]
+
+    def run(argv, check=True, data=None):
+        rc, out, err = module.run_command(argv, environ_update=ENV, data=data, binary_data=False)
+        if check and rc != 0:
+            raise img.ImageError(f"{' '.join(argv[:3])} ... failed (rc={rc}): {(err or out).strip()[-2000:]}")
+        return rc, out, err
+
+    images_dir = params["images_dir"]
+    path = os.path.join(images_dir, name)
+    record_path = os.path.join(images_dir, f"{name}.json")
+    result = {"changed": False, "path": path}
+    try:
+        img.check_name(name)
+        record = None
+        if os.path.exists(record_path):
+            with open(record_path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        if params["state"] == "absent":
+            if os.path.lexists(path) or record is not None:
+                result["changed"] = True
+                if module._diff:
+                    result["diff"] = {"before": record or {}, "after": {}}
+                if not module.check_mode:
+                    remove_tree(run, path)
+                    if os.path.exists(record_path):
+                        os.unlink(record_path)
+            module.exit_json(**result)
+
+        suite = params["suite"] or host_codename()
+        packages = img.packages_for(params["packages"])
+        sources = host_sources()
+        aptopts = host_aptopts()
+        key = img.image_key(suite, packages, [text for dummy, text in sources], [text for dummy, text in aptopts])
+        result.update(key=key, packages=packages)
+        current = os.path.isdir(path) and record is not None and record.get("key") == key
+        build = params["state"] == "refreshed" or not current
+        result["changed"] = build
+        if module._diff:
+            result["diff"] = {"before": {"key": (record or {}).get("key"), "packages": (record or {}).get("packages")},
+                              "after": {"key": key, "packages": packages}}
+        if not build or module.check_mode:
+            module.exit_json(**result)
+        if shutil.which("mmdebstrap") is None:
+            raise img.ImageError("mmdebstrap is not installed on the host: install the mmdebstrap package")
+
+        os.makedirs(images_dir, 0o700, exist_ok=True)
+        on_btrfs = cow.fstype(images_dir) == "btrfs"
+        if not on_btrfs and not cow.can_reflink(images_dir):
+            raise img.ImageError(f"{images_dir} is on {cow.fstype(images_dir)}, without copy-on-write: machines "
+                                 f"forked from it would be full copies. Put images_dir on btrfs or xfs (reflink=1)")
+        partial = os.path.join(images_dir, f".{name}.partial")
+        remove_tree(run, partial)
+        if on_btrfs:
+            run(["btrfs", "subvolume", "create", partial])
+        else:
+            os.mkdir(partial, 0o755)
+        started = time.monotonic()
+        try:
+            stdin = img.sources_text(sources, host_codename(), suite)
+            run(img.mmdebstrap_argv(suite, packages, partial, [p for p, dummy in aptopts]), data=stdin)
+            if on_btrfs:
+                flatten(partial)
+            # mmdebstrap empties the package lists: date them to the epoch so that apt sees them stale
+            lists = os.path.join(partial, "var/lib/apt/lists")
+            if os.path.isdir(lists):
+                os.utime(lists, (0, 0))
+            if on_btrfs:
+                run(["btrfs", "property", "set", "-ts", partial, "ro", "true"])
+            old = os.path.join(images_dir, f".{name}.old")
+            remove_tree(run, old)
+            if os.path.lexists(path):
+                os.rename(path, old)
+            os.rename(partial, path)
+            remove_tree(run, old)
+        except (img.ImageError, OSError):
+            remove_tree(run, partial)
+            raise
+        result["build_seconds"] = round(time.monotonic() - started, 1)
+        with open(record_path, "w", encoding="utf-8") as handle:
+            json.dump({"key": key, "suite": suite, "packages": packages, "build_seconds": result["build_seconds"],
+                       "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, handle, indent=1)
+    except (img.ImageError, cow.CowError, OSError) as exc:
+        module.fail_json(msg=str(exc), **result)
+    module.exit_json(**result)
+
+
+def flatten(tree):
+    """Subvolumes nested in the image (systemd-tmpfiles makes /var/lib/machines one) become
+    plain folders: a snapshot shows a nested subvolume as an empty stub nothing can be written in."""
+    for sub in cow.nested_subvolumes(tree):
+        if os.listdir(sub):
+            raise img.ImageError(f"{sub}: a nested subvolume in the image is not empty; cannot flatten it")
+        st = os.stat(sub)
+        cow.Btrfs(cow.subprocess_runner).remove([sub])
+        os.mkdir(sub, st.st_mode & 0o7777)
+        os.chown(sub, st.st_uid, st.st_gid)
+
+
+def remove_tree(run, path):
+    if not os.path.lexists(path):
+        return
+    if cow.Btrfs.is_subvolume(path):
+        run(["btrfs", "property", "set", "-ts", path, "ro", "false"], check=False)
+        for sub in cow.nested_subvolumes(path):
+            run(["btrfs", "property", "set", "-ts", sub, "ro", "false"], check=False)
+        cow.Btrfs(lambda argv: run(argv, check=False)).remove(cow.nested_subvolumes(path) + [path])
+    else:
+        shutil.rmtree(path)
+
+
+if __name__ == "__main__":
+    main()
