@@ -28,6 +28,10 @@ import subprocess
 import sys
 import time
 
+# the image readers are shared with the machine_image module (standard library only)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plugins", "module_utils"))
+import _image  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
 #: Bump when the way images are built changes, so cached images are rebuilt.
 IMAGE_FORMAT = 3
 DEFAULT_SUITE = "bookworm"
@@ -227,27 +231,12 @@ class Lab:
     @staticmethod
     def host_sources():
         """The CI machine's own APT sources (deb822 or one-line), reused for the images."""
-        chunks = []
-        for path in ["/etc/apt/sources.list"] + sorted(
-                os.path.join("/etc/apt/sources.list.d", f)
-                for f in (os.listdir("/etc/apt/sources.list.d")
-                          if os.path.isdir("/etc/apt/sources.list.d") else [])):
-            if path.endswith((".list", ".sources")) and os.path.isfile(path):
-                with open(path, encoding="utf-8") as handle:
-                    chunks.append((path, handle.read()))
-        return chunks
+        return _image.read_host_sources()
 
     @staticmethod
     def host_aptopts():
-        """The CI machine's APT ``Acquire::`` settings, so images fetch as the host does."""
-        conf = "/etc/apt/apt.conf.d"
-        found = []
-        for name in sorted(os.listdir(conf)) if os.path.isdir(conf) else []:
-            path = os.path.join(conf, name)
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                if "Acquire::" in handle.read():
-                    found.append(path)
-        return found
+        """The CI machine's APT ``Acquire::`` settings files, so images fetch as the host does."""
+        return [path for path, dummy in _image.read_host_aptopts()]
 
     def image(self, packages=(), suite=None, rebuild=False):
         """Path of the cached, read-only image with *packages* pre-baked; built if missing."""

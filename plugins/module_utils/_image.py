@@ -2,14 +2,15 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Machine images built with mmdebstrap: their cache key and the command line that builds one.
 
-Pure functions (standard library only); ``replica.cloud.machine_image`` reads the host's APT
-sources and runs the command.
+Standard library only, and no Ansible imports: ``replica.cloud.machine_image`` and the lab
+(scripts/replica_lab.py) share it. Everything but the two ``read_host_*`` functions is pure.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 #: What every machine image holds: a booting systemd with networkd, D-Bus, ip, and Python
@@ -28,6 +29,32 @@ def check_name(name):
     if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
         raise ImageError(f"image name {name!r} must be letters, digits, '.', '_', '-' (up to 64)")
     return name
+
+
+def read_host_sources(conf="/etc/apt"):
+    """The host's own APT sources, ``[(path, text)]`` (one-line ``.list`` and deb822 ``.sources``)."""
+    folder = os.path.join(conf, "sources.list.d")
+    paths = [os.path.join(conf, "sources.list")]
+    paths += sorted(os.path.join(folder, name) for name in (os.listdir(folder) if os.path.isdir(folder) else []))
+    found = []
+    for path in paths:
+        if path.endswith((".list", ".sources")) and os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                found.append((path, handle.read()))
+    return found
+
+
+def read_host_aptopts(conf="/etc/apt/apt.conf.d"):
+    """The host's APT settings files with ``Acquire::`` lines (proxies, ...), ``[(path, text)]``:
+    images fetch as the host does."""
+    found = []
+    for name in sorted(os.listdir(conf)) if os.path.isdir(conf) else []:
+        path = os.path.join(conf, name)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        if "Acquire::" in text:
+            found.append((path, text))
+    return found
 
 
 def packages_for(extra):

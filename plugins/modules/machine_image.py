@@ -103,32 +103,6 @@ from ansible_collections.replica.cloud.plugins.module_utils import _image as img
 ENV = {"LC_ALL": "C", "LANG": "C"}
 
 
-def host_sources():
-    files = ["/etc/apt/sources.list"]
-    if os.path.isdir("/etc/apt/sources.list.d"):
-        files += sorted(os.path.join("/etc/apt/sources.list.d", f) for f in os.listdir("/etc/apt/sources.list.d"))
-    found = []
-    for path in files:
-        if path.endswith((".list", ".sources")) and os.path.isfile(path):
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                text = handle.read()
-            if text.strip():
-                found.append((path, text))
-    return found
-
-
-def host_aptopts():
-    conf = "/etc/apt/apt.conf.d"
-    found = []
-    for name in sorted(os.listdir(conf)) if os.path.isdir(conf) else []:
-        path = os.path.join(conf, name)
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
-        if "Acquire::" in text:
-            found.append((path, text))
-    return found
-
-
 def host_codename():
     with open("/etc/os-release", encoding="utf-8") as handle:
         for line in handle:
@@ -180,8 +154,8 @@ def main():
 
         suite = params["suite"] or host_codename()
         packages = img.packages_for(params["packages"])
-        sources = host_sources()
-        aptopts = host_aptopts()
+        sources = img.read_host_sources()
+        aptopts = img.read_host_aptopts()
         key = img.image_key(suite, packages, [text for dummy, text in sources], [text for dummy, text in aptopts])
         result.update(key=key, packages=packages)
         current = os.path.isdir(path) and record is not None and record.get("key") == key
