@@ -1,0 +1,537 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qemu_vm
+short_description: QEMU VMs (microVMs by direct kernel boot, q35 with UEFI) as systemd template instances
+version_added: 0.1.0
+description:
+  - A VM is C(replica-vm@<name>.service) (a template the module installs) with a drop-in holding
+    its QEMU command line; its files live in O(vms_dir)/O(name) (the disk, the cloud-init seed,
+    UEFI variables, the TPM state), on copy-on-write storage so that they are snapshotted together.
+    Its QMP socket, serial console and VNC socket are under C(/run/replica-vm/<name>/).
+  - "The disk is a fork of O(image): a reflink copy of the file where the file system shares
+    extents (btrfs, xfs), else a qcow2 overlay with the image as its backing file (the image is
+    never written). O(size) grows it."
+  - "Cloud-init: a NoCloud seed (C(cidata)) built with C(genisoimage) from O(cloud_init) is
+    attached as a read-only disk."
+  - "Ready means the guest printed O(ready_pattern) on its serial console (by default a login
+    prompt); RV(ready_seconds) counts from the start request."
+  - "Stop is graceful: ACPI power-down through QMP, then after O(stop_timeout) the process is
+    killed."
+  - This version runs microVMs and q35 VMs with user-mode, tap or no network; the O(tpm) and VNC
+    web console units come with the vms role.
+author: replica.cloud contributors (@replica-cloud)
+options:
+  name:
+    description: VM name (1-32 of C([a-z0-9-])).
+    type: str
+    required: true
+  state:
+    description: V(present) (defined, not started by the module), V(started), V(stopped), V(restarted), V(absent).
+    type: str
+    choices: [present, started, stopped, restarted, absent]
+    default: started
+  machine:
+    description: V(microvm) (direct kernel boot, virtio-mmio, no firmware) or V(q35) (UEFI from OVMF).
+    type: str
+    choices: [microvm, q35]
+    default: microvm
+  cpus:
+    description: Virtual CPUs.
+    type: int
+    default: 1
+  memory:
+    description: Memory, MiB or a size like C(1G).
+    type: str
+    default: "512"
+  accel:
+    description: V(auto) uses KVM when C(/dev/kvm) can create a VM, else TCG (RV(accel) says which).
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  image:
+    description: The base disk to fork (a path, or a file name under O(images_dir)). Needed to create the VM.
+    type: str
+  images_dir:
+    description: Where image names are looked up.
+    type: path
+    default: /var/lib/replica/vm-images
+  vms_dir:
+    description: Where each VM's folder is made.
+    type: path
+    default: /var/lib/replica/vms
+  size:
+    description: Grow the disk to this size (C(qemu-img resize)) when it is created, e.g. C(10G).
+    type: str
+  kernel:
+    description: Kernel for direct boot (required for microvm).
+    type: path
+  initrd:
+    description: Initial ramdisk for direct boot.
+    type: path
+  cmdline:
+    description: Kernel command line.
+    type: str
+    default: console=ttyS0 root=/dev/vda rw
+  disks:
+    description: "Extra disks, each C({path, format}) or C({iscsi: iscsi://portal/target-iqn/lun}) (QEMU's own initiator)."
+    type: list
+    elements: dict
+  iso:
+    description: An installer ISO attached while the disk was never written (q35).
+    type: path
+  drivers_iso:
+    description: A drivers ISO (virtio-win) attached with O(iso) (q35).
+    type: path
+  tpm:
+    description: A software TPM 2.0 (swtpm) for a q35 VM.
+    type: bool
+    default: false
+  cloud_init:
+    description: "C({hostname, ssh_authorized_keys, users, network_config, user_data}) for a NoCloud seed."
+    type: dict
+  network:
+    description: "C({type: user|tap|macvtap|none, bridge, interface, mac}); the MAC is derived from the name unless given."
+    type: dict
+  wait:
+    description: Return only when the guest is ready.
+    type: bool
+    default: true
+  timeout:
+    description: Seconds to wait for ready.
+    type: int
+    default: 120
+  ready_pattern:
+    description: What the guest prints on its serial console when it is ready.
+    type: str
+    default: "login:"
+  stop_timeout:
+    description: Seconds a graceful stop may take before the VM is killed.
+    type: int
+    default: 60
+  keep_data:
+    description: With O(state=absent), keep the VM's folder.
+    type: bool
+    default: false
+notes:
+  - Needs qemu-system-x86 and qemu-utils; genisoimage for O(cloud_init); ovmf for q35.
+attributes:
+  check_mode:
+    description: Reports what would be created, changed, started or removed.
+    support: full
+  diff_mode:
+    description: Shows the unit drop-in (the QEMU command line) before and after.
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: A microVM from a Debian disk image, ready at its login prompt
+  replica.cloud.qemu_vm:
+    name: tiny1
+    machine: microvm
+    image: debian-12.raw
+    kernel: /var/lib/replica/vm-images/vmlinuz
+    initrd: /var/lib/replica/vm-images/initrd.img
+    memory: 512M
+    cloud_init: {hostname: tiny1}
+"""
+
+RETURN = r"""
+state:
+  description: V(running), V(stopped) or V(absent).
+  returned: always
+  type: str
+pid:
+  description: QEMU's PID (0 when not running).
+  returned: always
+  type: int
+accel:
+  description: The accelerator used, V(kvm) or V(tcg).
+  returned: always
+  type: str
+qmp:
+  description: The QMP socket.
+  returned: always
+  type: str
+console:
+  description: The serial console socket (its output is also in serial.log next to it).
+  returned: always
+  type: str
+vnc:
+  description: The VNC socket (q35).
+  returned: always
+  type: str
+ready_seconds:
+  description: Seconds from the start request to the ready pattern on the console.
+  returned: when started
+  type: float
+disk:
+  description: The VM's disk.
+  returned: always
+  type: str
+"""
+
+import base64
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
+from ansible_collections.replica.cloud.plugins.module_utils import _qemu as vm
+
+ENV = {"LC_ALL": "C", "LANG": "C"}
+TEMPLATE = "/etc/systemd/system/replica-vm@.service"
+TEMPLATE_TEXT = """# Managed by replica.cloud.qemu_vm
+[Unit]
+Description=replica.cloud VM %i
+After=network.target
+
+[Service]
+Type=simple
+RuntimeDirectory=replica-vm/%i
+ExecStart=/bin/false
+# stop is a graceful ACPI power-down through QMP (ExecStop in each VM's drop-in when known),
+# then SIGKILL after TimeoutStopSec
+KillMode=mixed
+KillSignal=SIGKILL
+TimeoutStopSec=60
+
+[Install]
+WantedBy=multi-user.target
+"""
+KVM_CREATE_VM = 0xAE01
+
+
+def kvm_works(module):
+    """Whether KVM can run a vCPU here: /dev/kvm can exist and still fail at the first CPU reset
+    (nested virtualization without MSR support), so ask QEMU itself, paused, then quit."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        vm_fd = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
+        os.close(vm_fd)
+        os.close(fd)
+    except OSError:
+        return False
+    rc, dummy, dummy2 = module.run_command(
+        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-M", "microvm", "-nodefaults", "-no-user-config",
+         "-display", "none", "-m", "16", "-S", "-qmp", "stdio"],
+        data='{"execute": "qmp_capabilities"}\n{"execute": "quit"}', environ_update=ENV)
+    return rc == 0
+
+
+def read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def write(path, text, mode=0o644):
+    if read(path) == text:
+        return False
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+    tmp = f"{path}.replica-tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+    return True
+
+
+def qmp(path, command, timeout=5):
+    """Send one QMP command; returns the reply (or raises OSError)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        handle = sock.makefile("rw", encoding="utf-8")
+        handle.readline()  # greeting
+        for execute in ("qmp_capabilities", command):
+            handle.write(json.dumps({"execute": execute}) + "\n")
+            handle.flush()
+            while True:
+                reply = json.loads(handle.readline())
+                if "return" in reply or "error" in reply:
+                    break
+        return reply
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "state": {"type": "str", "default": "started", "choices": ["present", "started", "stopped", "restarted", "absent"]},
+            "machine": {"type": "str", "default": "microvm", "choices": ["microvm", "q35"]},
+            "cpus": {"type": "int", "default": 1},
+            "memory": {"type": "str", "default": "512"},
+            "accel": {"type": "str", "default": "auto", "choices": ["auto", "kvm", "tcg"]},
+            "image": {"type": "str"},
+            "images_dir": {"type": "path", "default": "/var/lib/replica/vm-images"},
+            "vms_dir": {"type": "path", "default": "/var/lib/replica/vms"},
+            "size": {"type": "str"},
+            "kernel": {"type": "path"},
+            "initrd": {"type": "path"},
+            "cmdline": {"type": "str", "default": "console=ttyS0 root=/dev/vda rw"},
+            "disks": {"type": "list", "elements": "dict"},
+            "iso": {"type": "path"},
+            "drivers_iso": {"type": "path"},
+            "tpm": {"type": "bool", "default": False},
+            "cloud_init": {"type": "dict"},
+            "network": {"type": "dict"},
+            "wait": {"type": "bool", "default": True},
+            "timeout": {"type": "int", "default": 120},
+            "ready_pattern": {"type": "str", "default": "login:"},
+            "stop_timeout": {"type": "int", "default": 60},
+            "keep_data": {"type": "bool", "default": False},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    name, state = params["name"], params["state"]
+    unit = f"replica-vm@{name}.service"
+    dropin_path = f"/etc/systemd/system/{unit}.d/50-vm.conf"
+    vm_dir = os.path.join(params["vms_dir"], name)
+    record_path = os.path.join(vm_dir, "vm.json")
+    run_paths = vm.paths(name)
+    result = {"changed": False, "state": "absent", "pid": 0, "accel": "", "qmp": run_paths["qmp"],
+              "console": run_paths["console"], "vnc": run_paths["vnc"] if params["machine"] == "q35" else "",
+              "disk": ""}
+
+    def run(argv, check=True):
+        rc, out, err = module.run_command(argv, environ_update=ENV)
+        if check and rc != 0:
+            raise vm.VmError(f"{' '.join(argv[:4])} ... failed: {(err or out).strip()}")
+        return rc, out, err
+
+    def unit_state():
+        out = run(["systemctl", "show", "--property=ActiveState,MainPID", unit], check=False)[1]
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return props.get("ActiveState", "inactive"), int(props.get("MainPID", "0") or 0)
+
+    try:
+        vm.check_name(name)
+        record = json.loads(read(record_path) or "null")
+        current_dropin = read(dropin_path)
+        if current_dropin is not None and not current_dropin.startswith(vm.HEADER):
+            raise vm.VmError(f"{dropin_path} exists and is not managed by replica.cloud")
+        if os.path.isdir(vm_dir) and record is None:
+            raise vm.VmError(f"{vm_dir} exists and is not a VM managed by replica.cloud: choose another name")
+        active, pid = unit_state()
+        running = active in ("active", "activating", "deactivating")
+
+        if state == "absent":
+            if record is None and current_dropin is None:
+                module.exit_json(**result)
+            result["changed"] = True
+            if module._diff:
+                result["diff"] = {"before": current_dropin or "", "after": ""}
+            if module.check_mode:
+                module.exit_json(**result)
+            if running:
+                stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+            run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
+            if os.path.exists(dropin_path):
+                os.unlink(dropin_path)
+                if not os.listdir(os.path.dirname(dropin_path)):
+                    os.rmdir(os.path.dirname(dropin_path))
+                run(["systemctl", "daemon-reload"])
+            if os.path.isdir(vm_dir) and not params["keep_data"]:
+                remove_tree(run, vm_dir)
+            module.exit_json(**result)
+
+        spec = dict(params)
+        vm.validate(spec)
+        accel = params["accel"] if params["accel"] != "auto" else ("kvm" if kvm_works(module) else "tcg")
+        result["accel"] = accel
+        create = record is None
+        disk_format = (record or {}).get("disk_format")
+        disk = (record or {}).get("disk")
+        if create:
+            image = params["image"]
+            if not image:
+                raise vm.VmError(f"VM {name} does not exist yet: give image to create it")
+            image = image if image.startswith("/") else os.path.join(params["images_dir"], image)
+            if not os.path.isfile(image):
+                known = sorted(os.listdir(params["images_dir"])) if os.path.isdir(params["images_dir"]) else []
+                raise vm.VmError(f"image {image} is not there; known: {', '.join(known) or 'none'}")
+            for option in ("kernel", "initrd", "iso", "drivers_iso"):
+                if params[option] and not os.path.isfile(params[option]):
+                    raise vm.VmError(f"{option} {params[option]} is not there")
+            image_format = "qcow2" if image.endswith(".qcow2") else "raw"
+        firmware = None
+        if params["machine"] == "q35":
+            code = next((p for p in ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
+                         if os.path.exists(p)), None)
+            if code is None:
+                raise vm.VmError("q35 needs UEFI firmware: install the ovmf package")
+            firmware = (code, os.path.join(vm_dir, "OVMF_VARS.fd"))
+        if create:
+            os.makedirs(params["vms_dir"], 0o700, exist_ok=True)
+            reflink = cow.can_reflink(params["vms_dir"]) and image_format == "raw" and \
+                os.stat(params["vms_dir"]).st_dev == os.stat(image).st_dev
+            disk_format = "raw" if reflink else "qcow2"
+            disk = os.path.join(vm_dir, f"disk.{disk_format}")
+        spec.update(disk=disk, disk_format=disk_format,
+                    seed=os.path.join(vm_dir, "seed.iso") if params["cloud_init"] else None,
+                    iso=params["iso"] if create or not (record or {}).get("written") else None,
+                    drivers_iso=params["drivers_iso"] if create or not (record or {}).get("written") else None)
+        argv = vm.build_argv(spec, accel, firmware=firmware,
+                             tpm_socket=run_paths["tpm"] if params["tpm"] else None)
+        dropin = vm.render_dropin(spec, argv)
+        dropin += (f"ExecStop=/usr/bin/python3 -c {vm._quote(POWERDOWN)} {run_paths['qmp']}\n"
+                   f"TimeoutStopSec={params['stop_timeout']}\n")
+        seed_files = vm.cloud_init(spec) if params["cloud_init"] else None
+        seed_changed = seed_files is not None and (record or {}).get("seed") != seed_files
+        changed_settings = current_dropin != dropin
+        will_start = state in ("started", "restarted") and (not running or state == "restarted")
+        will_stop = state == "stopped" and running
+        result["changed"] = create or changed_settings or seed_changed or will_start or will_stop
+        result["restart_required"] = bool(running and (changed_settings or seed_changed) and not will_start)
+        result["disk"] = disk
+        if module._diff:
+            result["diff"] = {"before": current_dropin or "", "after": dropin,
+                              "before_header": dropin_path, "after_header": dropin_path}
+        if module.check_mode:
+            result["state"] = "running" if (running and not will_stop) or will_start else "stopped"
+            module.exit_json(**result)
+
+        if create:
+            os.mkdir(vm_dir, 0o700)
+            try:
+                if disk_format == "raw":
+                    run(["cp", "--reflink=always", image, disk])
+                else:
+                    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, disk])
+                if params["size"]:
+                    run(["qemu-img", "resize", "-q", "-f", disk_format, disk, params["size"]])
+                if firmware:
+                    shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"), firmware[1])
+            except (vm.VmError, OSError):
+                remove_tree(run, vm_dir)
+                raise
+        if seed_changed:
+            build_seed(run, vm_dir, seed_files)
+        write(TEMPLATE, TEMPLATE_TEXT)
+        write(dropin_path, dropin)
+        write(record_path, json.dumps({"disk": disk, "disk_format": disk_format, "image": params["image"],
+                                       "seed": seed_files, "written": bool((record or {}).get("written"))},
+                                      indent=1) + "\n")
+        if changed_settings or create:
+            run(["systemctl", "daemon-reload"])
+        if will_stop:
+            stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+        if will_start:
+            if running:
+                stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+            run(["systemctl", "reset-failed", unit], check=False)
+            if os.path.exists(run_paths["serial_log"]):
+                os.unlink(run_paths["serial_log"])
+            started = time.monotonic()
+            run(["systemctl", "start", unit])
+            if params["wait"]:
+                wait_ready(params, run_paths["serial_log"], started, unit_state, result)
+            # the disk has been written: installer media are not attached again
+            with open(record_path, encoding="utf-8") as handle:
+                saved = json.load(handle)
+            saved["written"] = True
+            write(record_path, json.dumps(saved, indent=1) + "\n")
+            result["restart_required"] = False
+        active, pid = unit_state()
+        result["pid"] = pid
+        result["state"] = "running" if active == "active" else "stopped"
+    except (vm.VmError, cow.CowError, OSError, ValueError) as exc:
+        module.fail_json(msg=str(exc), **result)
+    module.exit_json(**result)
+
+
+# ExecStop: ACPI power-down through QMP, then wait for QEMU ($MAINPID) to exit; systemd kills
+# it after TimeoutStopSec. Base64, as a unit line cannot hold the script's newlines.
+POWERDOWN_SCRIPT = """import json, os, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+    f = s.makefile("rw")
+    f.readline()
+    for c in ("qmp_capabilities", "system_powerdown"):
+        f.write(json.dumps({"execute": c}) + chr(10))
+        f.flush()
+        f.readline()
+except OSError:
+    pass  # QEMU is gone already, or has no QMP: nothing to ask
+pid = os.environ.get("MAINPID", "")
+while pid and os.path.exists("/proc/" + pid):
+    time.sleep(0.2)
+"""
+POWERDOWN = "import base64;exec(base64.b64decode('" + base64.b64encode(POWERDOWN_SCRIPT.encode()).decode() + "'))"
+
+
+def wait_ready(params, log_path, started, unit_state, result):
+    deadline = started + params["timeout"]
+    pattern = params["ready_pattern"].encode()
+    while time.monotonic() < deadline:
+        try:
+            with open(log_path, "rb") as handle:
+                if pattern in handle.read():
+                    result["ready_seconds"] = round(time.monotonic() - started, 2)
+                    return
+        except FileNotFoundError:
+            pass
+        if unit_state()[0] == "failed":
+            break
+        time.sleep(0.1)
+    tail = ""
+    if os.path.exists(log_path):
+        with open(log_path, "rb") as handle:
+            tail = handle.read()[-1500:].decode("utf-8", "replace")
+    raise vm.VmError(f"VM {params['name']} did not print {params['ready_pattern']!r} within "
+                     f"{params['timeout']} s; console output ends with:\n{tail}")
+
+
+def stop(module, run, unit, run_paths, timeout, unit_state):
+    """ACPI power-down through QMP; systemd kills it if it is still running after *timeout*."""
+    try:
+        qmp(run_paths["qmp"], "system_powerdown")
+    except (OSError, ValueError):
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and unit_state()[0] == "active":
+        time.sleep(0.2)
+    if unit_state()[0] == "active":
+        module.warn(f"{unit} did not power down within {timeout} s: killed")
+    run(["systemctl", "stop", unit], check=False)
+
+
+def build_seed(run, vm_dir, files):
+    seed_dir = os.path.join(vm_dir, "seed")
+    if os.path.isdir(seed_dir):
+        shutil.rmtree(seed_dir)
+    os.mkdir(seed_dir, 0o700)
+    for name, text in files.items():
+        with open(os.path.join(seed_dir, name), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    tool = shutil.which("genisoimage") or shutil.which("mkisofs")
+    if tool is None:
+        raise vm.VmError("cloud_init needs genisoimage on the host: install the genisoimage package")
+    run([tool, "-quiet", "-output", os.path.join(vm_dir, "seed.iso"), "-volid", "cidata", "-joliet", "-rock",
+         *[os.path.join(seed_dir, name) for name in sorted(files)]])
+    shutil.rmtree(seed_dir)
+
+
+def remove_tree(run, path):
+    if cow.Btrfs.is_subvolume(path):
+        cow.Btrfs(lambda argv: run(argv, check=False)).remove(cow.nested_subvolumes(path) + [path])
+    else:
+        shutil.rmtree(path)
+
+
+if __name__ == "__main__":
+    main()
