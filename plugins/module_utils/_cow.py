@@ -396,3 +396,17 @@ def nested_subvolumes(root):
             if stat.S_ISDIR(st.st_mode) and st.st_ino == BTRFS_SUBVOLUME_INO:
                 found.append(path)
     return sorted(found, key=lambda path: path.count("/"), reverse=True)
+
+
+def remove_tree(path, run):
+    """Remove *path*: a btrfs subvolume with the subvolumes nested in it (read-only ones too),
+    or a plain folder."""
+    if not os.path.lexists(path):
+        return
+    if Btrfs.is_subvolume(path):
+        doomed = nested_subvolumes(path) + [path]
+        for sub in doomed:
+            run(["btrfs", "property", "set", "-ts", sub, "ro", "false"])
+        Btrfs(run).remove(doomed)
+    else:
+        shutil.rmtree(path)

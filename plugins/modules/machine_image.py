@@ -147,7 +147,7 @@ def main():
                 if module._diff:
                     result["diff"] = {"before": record or {}, "after": {}}
                 if not module.check_mode:
-                    remove_tree(run, path)
+                    cow.remove_tree(path, lambda argv: run(argv, check=False))
                     if os.path.exists(record_path):
                         os.unlink(record_path)
             module.exit_json(**result)
@@ -175,7 +175,7 @@ def main():
             raise img.ImageError(f"{images_dir} is on {cow.fstype(images_dir)}, without copy-on-write: machines "
                                  f"forked from it would be full copies. Put images_dir on btrfs or xfs (reflink=1)")
         partial = os.path.join(images_dir, f".{name}.partial")
-        remove_tree(run, partial)
+        cow.remove_tree(partial, lambda argv: run(argv, check=False))
         if on_btrfs:
             run(["btrfs", "subvolume", "create", partial])
         else:
@@ -193,13 +193,13 @@ def main():
             if on_btrfs:
                 run(["btrfs", "property", "set", "-ts", partial, "ro", "true"])
             old = os.path.join(images_dir, f".{name}.old")
-            remove_tree(run, old)
+            cow.remove_tree(old, lambda argv: run(argv, check=False))
             if os.path.lexists(path):
                 os.rename(path, old)
             os.rename(partial, path)
-            remove_tree(run, old)
+            cow.remove_tree(old, lambda argv: run(argv, check=False))
         except (img.ImageError, OSError):
-            remove_tree(run, partial)
+            cow.remove_tree(partial, lambda argv: run(argv, check=False))
             raise
         result["build_seconds"] = round(time.monotonic() - started, 1)
         with open(record_path, "w", encoding="utf-8") as handle:
@@ -220,18 +220,6 @@ def flatten(tree):
         cow.Btrfs(cow.subprocess_runner).remove([sub])
         os.mkdir(sub, st.st_mode & 0o7777)
         os.chown(sub, st.st_uid, st.st_gid)
-
-
-def remove_tree(run, path):
-    if not os.path.lexists(path):
-        return
-    if cow.Btrfs.is_subvolume(path):
-        run(["btrfs", "property", "set", "-ts", path, "ro", "false"], check=False)
-        for sub in cow.nested_subvolumes(path):
-            run(["btrfs", "property", "set", "-ts", sub, "ro", "false"], check=False)
-        cow.Btrfs(lambda argv: run(argv, check=False)).remove(cow.nested_subvolumes(path) + [path])
-    else:
-        shutil.rmtree(path)
 
 
 if __name__ == "__main__":

@@ -205,6 +205,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
 from ansible_collections.replica.cloud.plugins.module_utils import _nspawn as ns
+from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write_file
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
 STATE_DIR = "/etc/replica/machines"
@@ -242,34 +243,6 @@ class Host:
                 if info.get("scope") == "global":
                     found.append(info["local"])
         return found
-
-
-def write_file(path, content, mode=0o644, uid=0, gid=0):
-    """Write *path* atomically; return whether it changed."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == content:
-                st = os.stat(path)
-                if (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, uid, gid):
-                    return False
-    except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-    tmp = f"{path}.replica-tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chown(tmp, uid, gid)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
-    return True
-
-
-def read(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def inside(fork, path):
@@ -453,11 +426,7 @@ def main():
                 host.run(["systemctl", "daemon-reload"])
             update_hosts(name, [], remove=True)
             if fork_exists and not params["keep_data"]:
-                backend = cow.Btrfs(run) if cow.Btrfs.is_subvolume(fork) else cow.Reflink(run)
-                if backend.name == "btrfs":
-                    backend.remove(cow.nested_subvolumes(fork) + [fork])
-                else:
-                    backend.remove([fork])
+                cow.remove_tree(fork, run)
             module.exit_json(**result)
 
         nspawn_text = ns.render_nspawn(spec)
@@ -502,7 +471,7 @@ def main():
             try:
                 apply_firstboot(fork, spec)
             except (ns.MachineError, OSError):
-                backend.remove(cow.nested_subvolumes(fork) + [fork] if backend.name == "btrfs" else [fork])
+                cow.remove_tree(fork, run)
                 raise
         os.makedirs(STATE_DIR, 0o755, exist_ok=True)
         if spec.get("shared_hosts", True):

@@ -186,6 +186,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
 from ansible_collections.replica.cloud.plugins.module_utils import _qemu as vm
+from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
 TEMPLATE = "/etc/systemd/system/replica-vm@.service"
@@ -225,26 +226,6 @@ def kvm_works(module):
          "-display", "none", "-m", "16", "-S", "-qmp", "stdio"],
         data='{"execute": "qmp_capabilities"}\n{"execute": "quit"}', environ_update=ENV)
     return rc == 0
-
-
-def read(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def write(path, text, mode=0o644):
-    if read(path) == text:
-        return False
-    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-    tmp = f"{path}.replica-tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
-    return True
 
 
 def qmp(path, command, timeout=5):
@@ -344,7 +325,7 @@ def main():
                     os.rmdir(os.path.dirname(dropin_path))
                 run(["systemctl", "daemon-reload"])
             if os.path.isdir(vm_dir) and not params["keep_data"]:
-                remove_tree(run, vm_dir)
+                cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))
             module.exit_json(**result)
 
         spec = dict(params)
@@ -415,7 +396,7 @@ def main():
                 if firmware:
                     shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"), firmware[1])
             except (vm.VmError, OSError):
-                remove_tree(run, vm_dir)
+                cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))
                 raise
         if seed_changed:
             build_seed(run, vm_dir, seed_files)
@@ -524,13 +505,6 @@ def build_seed(run, vm_dir, files):
     run([tool, "-quiet", "-output", os.path.join(vm_dir, "seed.iso"), "-volid", "cidata", "-joliet", "-rock",
          *[os.path.join(seed_dir, name) for name in sorted(files)]])
     shutil.rmtree(seed_dir)
-
-
-def remove_tree(run, path):
-    if cow.Btrfs.is_subvolume(path):
-        cow.Btrfs(lambda argv: run(argv, check=False)).remove(cow.nested_subvolumes(path) + [path])
-    else:
-        shutil.rmtree(path)
 
 
 if __name__ == "__main__":
