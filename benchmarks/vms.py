@@ -24,11 +24,9 @@ The lab host is removed at the end, also on failure.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -37,9 +35,8 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position,import-error
-from conftest import run_module  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from conftest import VM_PACKAGES, run_module, seed_vm_images  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
-PACKAGES = ["qemu-system-x86", "qemu-utils", "linux-image-cloud-amd64", "genisoimage"]
 
 
 def before_kernel_seconds(lab, machine):
@@ -63,16 +60,8 @@ def main():
     lab = replica_lab.Lab()
     rows = {"ready": [], "before kernel": [], "ansible call": [], "stop": []}
     started = time.monotonic()
-    with lab.host("bench-vms", packages=PACKAGES) as machine:
-        image_root = os.path.join(lab.images, machine.image)
-        images = os.path.join(machine.directory, "var/lib/replica/vm-images")
-        os.makedirs(images, exist_ok=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", image_root, os.path.join(images, "debian.raw"), "2G"],
-                       check=True, capture_output=True)
-        for pattern, name in (("boot/vmlinuz-*", "vmlinuz"), ("boot/initrd.img-*", "initrd.img")):
-            with open(glob.glob(os.path.join(image_root, pattern))[0], "rb") as src, \
-                    open(os.path.join(images, name), "wb") as dst:
-                dst.write(src.read())
+    with lab.host("bench-vms", packages=VM_PACKAGES) as machine:
+        seed_vm_images(lab, machine)
         spec = {"name": "tiny1", "image": "debian.raw", "kernel": "/var/lib/replica/vm-images/vmlinuz",
                 "initrd": "/var/lib/replica/vm-images/initrd.img", "memory": "512M", "timeout": 300}
         accel = "?"

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -157,3 +158,23 @@ def seed_image(lab, machine, name="debian-12"):
     replica_lab.run(["btrfs", "subvolume", "snapshot", "-r", os.path.join(lab.images, machine.image),
                      os.path.join(images, name)])
     return f"/var/lib/machines/.images/{name}"
+
+
+#: what a lab host needs to run microVMs: QEMU, and a Debian kernel to boot directly
+VM_PACKAGES = ["qemu-system-x86", "qemu-utils", "linux-image-cloud-amd64", "genisoimage"]
+
+
+def seed_vm_images(lab, machine):
+    """Make /var/lib/replica/vm-images in lab host *machine*: ``debian.raw`` (the lab host's own
+    image as an ext4 file system, 2G sparse), and the ``vmlinuz`` and ``initrd.img`` in it.
+    Returns the base disk's path on this machine."""
+    image_root = os.path.join(lab.images, machine.image)
+    images = os.path.join(machine.directory, "var/lib/replica/vm-images")
+    os.makedirs(images, exist_ok=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", image_root, os.path.join(images, "debian.raw"), "2G"],
+                   check=True, capture_output=True)
+    for pattern, name in (("boot/vmlinuz-*", "vmlinuz"), ("boot/initrd.img-*", "initrd.img")):
+        with open(glob.glob(os.path.join(image_root, pattern))[0], "rb") as src, \
+                open(os.path.join(images, name), "wb") as dst:
+            dst.write(src.read())
+    return os.path.join(images, "debian.raw")

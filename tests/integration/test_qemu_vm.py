@@ -6,28 +6,14 @@ its serial console; it is idempotent, stops gracefully and leaves nothing when r
 
 from __future__ import annotations
 
-import glob
 import os
-import subprocess
 
-from conftest import run_module
-
-PACKAGES = ["qemu-system-x86", "qemu-utils", "linux-image-cloud-amd64", "genisoimage"]
+from conftest import VM_PACKAGES, run_module, seed_vm_images
 
 
 def test_microvm_lifecycle(lab, lab_host):
-    machine = lab_host("it-qemu", packages=PACKAGES)
-    image_root = os.path.join(lab.images, machine.image)
-    images = os.path.join(machine.directory, "var/lib/replica/vm-images")
-    os.makedirs(images)
-    # the base disk: the lab image itself as an ext4 file system; kernel and initrd from it
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", image_root, os.path.join(images, "debian.raw"), "2G"],
-                   check=True, capture_output=True)
-    for pattern, name in (("boot/vmlinuz-*", "vmlinuz"), ("boot/initrd.img-*", "initrd.img")):
-        with open(glob.glob(os.path.join(image_root, pattern))[0], "rb") as src, \
-                open(os.path.join(images, name), "wb") as dst:
-            dst.write(src.read())
-    base = os.path.join(images, "debian.raw")
+    machine = lab_host("it-qemu", packages=VM_PACKAGES)
+    base = seed_vm_images(lab, machine)
     before = os.stat(base).st_mtime_ns
 
     spec = {"name": "tiny1", "image": "debian.raw", "kernel": "/var/lib/replica/vm-images/vmlinuz",
