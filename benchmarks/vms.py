@@ -38,7 +38,6 @@ import replica_lab  # noqa: E402  pylint: disable=wrong-import-position,import-e
 from conftest import VM_PACKAGES, run_module, seed_vm_images  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 
-
 def before_kernel_seconds(lab, machine):
     """Start the (defined, stopped) VM from a shell inside the lab host and time until its serial
     log gets its first byte: unit start, QEMU start-up and direct boot, before the guest kernel."""

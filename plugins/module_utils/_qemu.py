@@ -106,7 +106,13 @@ def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
         argv += ["-kernel", spec["kernel"]]
         if spec.get("initrd"):
             argv += ["-initrd", spec["initrd"]]
-        argv += ["-append", spec.get("cmdline") or "console=ttyS0 root=/dev/vda rw quiet"]
+        cmdline = spec.get("cmdline") or "console=ttyS0 root=/dev/vda rw"
+        if machine == "microvm" and accel == "tcg" and spec.get("tsc_khz") and "tsc" not in cmdline:
+            # no HPET or PM timer on a microvm: under TCG on a busy host the kernel's TSC
+            # calibration against the PIT can fail and the boot stall. The guest's TSC is the
+            # host's (TCG reads the host's counter), so give its rate and skip the calibration.
+            cmdline += f" tsc_early_khz={int(spec['tsc_khz'])} tsc=reliable"
+        argv += ["-append", cmdline]
     if spec.get("disk"):
         argv += ["-drive", f"id=root,file={spec['disk']},format={disk_format},if=none,cache=none,aio=threads,discard=unmap",
                  "-device", f"virtio-blk-{bus},drive=root" + (",bootindex=1" if machine == "q35" else "")]

@@ -228,6 +228,21 @@ def kvm_works(module):
     return rc == 0
 
 
+def host_tsc_khz():
+    """The host's TSC rate in kHz ("cpu MHz" of a CPU with a constant TSC), or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            info = handle.read()
+    except OSError:
+        return None
+    if " constant_tsc" not in info:
+        return None
+    for line in info.splitlines():
+        if line.startswith("cpu MHz"):
+            return int(float(line.split(":", 1)[1]) * 1000)
+    return None
+
+
 def qmp(path, command, timeout=5):
     """Send one QMP command; returns the reply (or raises OSError)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -364,6 +379,7 @@ def main():
                     seed=os.path.join(vm_dir, "seed.iso") if params["cloud_init"] else None,
                     iso=params["iso"] if create or not (record or {}).get("written") else None,
                     drivers_iso=params["drivers_iso"] if create or not (record or {}).get("written") else None)
+        spec["tsc_khz"] = host_tsc_khz()
         argv = vm.build_argv(spec, accel, firmware=firmware,
                              tpm_socket=run_paths["tpm"] if params["tpm"] else None)
         dropin = vm.render_dropin(spec, argv)

@@ -85,3 +85,10 @@ def test_cloud_init_seed():
     assert files["user-data"].startswith("#cloud-config\n") and '"ssh-ed25519 A"' in files["user-data"]
     raw = vm.cloud_init({"name": "a", "cloud_init": {"user_data": "packages: [nginx]\n", "network_config": {"version": 2}}})
     assert raw["user-data"] == "#cloud-config\npackages: [nginx]\n" and '"version": 2' in raw["network-config"]
+
+
+def test_tcg_microvm_skips_tsc_calibration_when_the_host_rate_is_known():
+    argv = vm.build_argv(dict(MICRO, tsc_khz=2596134), "tcg")
+    assert after(argv, "-append") == ["console=ttyS0 root=/dev/vda rw tsc_early_khz=2596134 tsc=reliable"]
+    assert after(vm.build_argv(dict(MICRO, tsc_khz=2596134), "kvm"), "-append") == ["console=ttyS0 root=/dev/vda rw"]
+    assert after(vm.build_argv(MICRO, "tcg"), "-append") == ["console=ttyS0 root=/dev/vda rw"]
