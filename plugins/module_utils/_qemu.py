@@ -48,7 +48,122 @@ def memory_mib(value):
 def paths(name):
     base = f"{RUN_DIR}/{name}"
     return {"dir": base, "qmp": f"{base}/qmp.sock", "console": f"{base}/console.sock",
-            "serial_log": f"{base}/serial.log", "vnc": f"{base}/vnc.sock", "tpm": f"{base}/swtpm.sock"}
+            "serial_log": f"{base}/serial.log", "vnc": f"{base}/vnc.sock",
+            # the TPM's socket has its own runtime folder: swtpm starts before QEMU and stops after it
+            "tpm": f"/run/replica-vm-tpm/{name}/swtpm.sock",
+            "web_console": f"/run/replica-vm-console/{name}.sock"}
+
+
+# The hardening every helper unit gets (systemd-analyze security is in the vms role's README).
+HARDENING = """NoNewPrivileges=yes
+CapabilityBoundingSet=
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateNetwork=yes
+ProtectSystem=strict
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+UMask=0077
+"""
+
+#: where websockify listens inside its own network namespace (the same for every VM)
+WEBSOCKIFY_PORT = 5700
+WAIT_LISTEN = ('"import socket, time; any(socket.socket().connect_ex((\'127.0.0.1\', %d)) == 0 '
+               'or time.sleep(0.05) for i in range(200))"' % WEBSOCKIFY_PORT)
+
+# Templates the module installs; what differs per VM is in each instance's drop-in.
+TEMPLATES = {
+    "replica-vm@.service": f"""{HEADER}
+[Unit]
+Description=replica.cloud VM %i
+After=network.target
+
+[Service]
+Type=simple
+RuntimeDirectory=replica-vm/%i
+ExecStart=/bin/false
+# stop is a graceful ACPI power-down through QMP (ExecStop in each VM's drop-in when known),
+# then SIGKILL after TimeoutStopSec
+KillMode=mixed
+KillSignal=SIGKILL
+TimeoutStopSec=60
+
+[Install]
+WantedBy=multi-user.target
+""",
+    # a software TPM 2.0 per VM; its state folder (on the VM's CoW storage) comes from the drop-in.
+    # It exits when QEMU closes its connection (--terminate): a guest powering off stops it too
+    "replica-vm-swtpm@.service": f"""{HEADER}
+[Unit]
+Description=replica.cloud software TPM of VM %i
+PartOf=replica-vm@%i.service
+Before=replica-vm@%i.service
+
+[Service]
+Type=forking
+RuntimeDirectory=replica-vm-tpm/%i
+RuntimeDirectoryMode=0700
+PIDFile=/run/replica-vm-tpm/%i/swtpm.pid
+ExecStart=/bin/false
+{HARDENING}RestrictAddressFamilies=AF_UNIX
+# swtpm installs a seccomp filter of its own
+SystemCallFilter=seccomp
+""",
+    # the VM's display (a VNC UNIX socket) as a websocket, socket-activated. websockify cannot
+    # serve a UNIX socket itself, so it runs in a network namespace of its own on a fixed loopback
+    # port, and systemd-socket-proxyd joined to that namespace carries the host's socket into it;
+    # the proxy exits after 5 idle minutes, and websockify, no longer needed, with it
+    "replica-vm-console@.socket": f"""{HEADER}
+[Unit]
+Description=replica.cloud web console (VNC over websocket) of VM %i
+BindsTo=replica-vm@%i.service
+After=replica-vm@%i.service
+
+[Socket]
+ListenStream=/run/replica-vm-console/%i.sock
+SocketMode=0660
+""",
+    "replica-vm-console@.service": f"""{HEADER}
+[Unit]
+Description=replica.cloud web console proxy of VM %i
+Requires=replica-vm-console@%i.socket replica-vm-websockify@%i.service
+After=replica-vm-console@%i.socket replica-vm-websockify@%i.service
+JoinsNamespaceOf=replica-vm-websockify@%i.service
+
+[Service]
+ExecStart=/usr/lib/systemd/systemd-socket-proxyd --exit-idle-time=300 127.0.0.1:{WEBSOCKIFY_PORT}
+DynamicUser=yes
+{HARDENING}RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+""",
+    "replica-vm-websockify@.service": f"""{HEADER}
+[Unit]
+Description=replica.cloud websocket to VNC bridge (websockify) of VM %i
+BindsTo=replica-vm@%i.service
+After=replica-vm@%i.service
+StopWhenUnneeded=yes
+
+[Service]
+ExecStart=/usr/bin/websockify 127.0.0.1:{WEBSOCKIFY_PORT} --unix-target=/run/replica-vm/%i/vnc.sock
+# ready once it listens (websockify does not notify)
+ExecStartPost=/usr/bin/python3 -c {WAIT_LISTEN}
+{HARDENING}RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+""",
+}
 
 
 def validate(spec):
@@ -60,9 +175,13 @@ def validate(spec):
     if machine == "microvm":
         if not spec.get("kernel"):
             raise VmError("a microvm boots its kernel directly: give kernel (and usually initrd)")
-        for option in ("tpm", "iso", "drivers_iso", "vnc"):
+        for option in ("tpm", "iso", "drivers_iso"):
             if spec.get(option):
                 raise VmError(f"{option} needs machine q35 (a microvm has no firmware, display or CD drive)")
+        if spec.get("web_console") not in (None, "none"):
+            raise VmError("web_console needs machine q35 (a microvm has no display)")
+    else:
+        web_console_listen(spec)
     network = spec.get("network") or {"type": "user"}
     if network.get("type", "user") not in NETWORKS:
         raise VmError(f"network type {network.get('type')!r} must be one of {', '.join(NETWORKS)}")
@@ -150,13 +269,55 @@ def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
     return argv
 
 
+def web_console_listen(spec):
+    """Where the VM's web console listens: a UNIX socket (the default, for the ingress web
+    server to proxy), ``ADDRESS:PORT``, or None (``none``, and microVMs, which have no display)."""
+    value = spec.get("web_console") or "unix"
+    if spec.get("machine", "microvm") != "q35" or value == "none":
+        return None
+    if value == "unix":
+        return paths(spec["name"])["web_console"]
+    if value.startswith("/"):
+        return value
+    # an explicit address: the console has no password of its own, so never all addresses by default
+    match = re.match(r"^(\[[0-9a-fA-F:]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})$", value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise VmError(f"web_console {value!r} must be unix, none, an absolute socket path or ADDRESS:PORT "
+                      f"(an IP address, e.g. 127.0.0.1:6081)")
+    return value
+
+
+def render_units(spec, argv, state_dir):
+    """Every per-VM unit file, ``{path under /etc/systemd/system: text}``: the VM's drop-in and
+    those of its helpers (its TPM, whose state is in *state_dir*/tpm, and its web console)."""
+    name = spec["name"]
+    units = {f"replica-vm@{name}.service.d/50-vm.conf": render_dropin(spec, argv)}
+    if spec.get("tpm"):
+        tpm = f"{state_dir}/tpm"
+        sock = paths(name)["tpm"]
+        units[f"replica-vm-swtpm@{name}.service.d/50-vm.conf"] = "\n".join([
+            HEADER, "[Service]", f"ReadWritePaths={tpm}",
+            f"ExecStartPre=/usr/bin/swtpm_setup --tpm2 --tpmstate {tpm} --createek --not-overwrite",
+            "ExecStart=",
+            f"ExecStart=/usr/bin/swtpm socket --tpm2 --tpmstate dir={tpm},mode=0600"
+            f" --ctrl type=unixio,path={sock},mode=0600 --pid file=/run/replica-vm-tpm/{name}/swtpm.pid"
+            " --log level=1 --daemon --terminate", ""])
+    listen = web_console_listen(spec)
+    if listen and listen != paths(name)["web_console"]:
+        units[f"replica-vm-console@{name}.socket.d/50-vm.conf"] = "\n".join([
+            HEADER, "[Socket]", "ListenStream=", f"ListenStream={listen}", ""])
+    return units
+
+
 def render_dropin(spec, argv):
     """The ``replica-vm@<name>.service.d/50-vm.conf`` text: the command line, and what the VM
-    needs started with it (its TPM, its tap device)."""
+    needs started with it (its TPM, its web console, its tap device)."""
     name = spec["name"]
     lines = [HEADER, "[Unit]"]
     if spec.get("tpm"):
         lines += [f"Requires=replica-vm-swtpm@{name}.service", f"After=replica-vm-swtpm@{name}.service"]
+    if web_console_listen(spec):
+        lines += [f"Wants=replica-vm-console@{name}.socket"]
     network = spec.get("network") or {}
     lines += ["", "[Service]"]
     if network.get("type") == "tap":

@@ -22,8 +22,10 @@ description:
     prompt); RV(ready_seconds) counts from the start request."
   - "Stop is graceful: ACPI power-down through QMP, then after O(stop_timeout) the process is
     killed."
-  - This version runs microVMs and q35 VMs with user-mode, tap or no network; the O(tpm) and VNC
-    web console units come with the vms role.
+  - "Helper units, bound to the VM's unit (C(systemctl stop replica-vm@<name>) stops them all):
+    C(replica-vm-swtpm@<name>.service), a software TPM 2.0 (O(tpm)) whose state is in the VM's
+    folder, so a snapshot of the VM includes it; C(replica-vm-console@<name>.socket), the VM's VNC
+    display as a websocket (C(websockify)), socket-activated, exiting after 5 idle minutes."
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
@@ -91,6 +93,13 @@ options:
     description: A software TPM 2.0 (swtpm) for a q35 VM.
     type: bool
     default: false
+  web_console:
+    description:
+      - "Where the q35 VM's web console (its VNC display over a websocket) listens: V(unix) (the
+        default, C(/run/replica-vm-console/<name>.sock), for the ingress web server to proxy), an
+        absolute socket path, C(ADDRESS:PORT), or V(none)."
+      - The VNC UNIX socket itself is always there (RV(vnc)).
+    type: str
   cloud_init:
     description: "C({hostname, ssh_authorized_keys, users, network_config, user_data}) for a NoCloud seed."
     type: dict
@@ -118,7 +127,9 @@ options:
     type: bool
     default: false
 notes:
-  - Needs qemu-system-x86 and qemu-utils; genisoimage for O(cloud_init); ovmf for q35.
+  - Needs qemu-system-x86 and qemu-utils; genisoimage for O(cloud_init); ovmf for q35; swtpm and
+    swtpm-tools for O(tpm); websockify for the web console; qemu-block-extra for iSCSI disks.
+    The replica.cloud.vms role installs them.
 attributes:
   check_mode:
     description: Reports what would be created, changed, started or removed.
@@ -165,6 +176,14 @@ vnc:
   description: The VNC socket (q35).
   returned: always
   type: str
+tpm:
+  description: The software TPM's socket (O(tpm)).
+  returned: always
+  type: str
+web_console:
+  description: Where the web console listens (q35), a socket path or C(ADDRESS:PORT).
+  returned: always
+  type: str
 ready_seconds:
   description: Seconds from the start request to the ready pattern on the console.
   returned: when started
@@ -189,25 +208,7 @@ from ansible_collections.replica.cloud.plugins.module_utils import _qemu as vm
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
-TEMPLATE = "/etc/systemd/system/replica-vm@.service"
-TEMPLATE_TEXT = """# Managed by replica.cloud.qemu_vm
-[Unit]
-Description=replica.cloud VM %i
-After=network.target
-
-[Service]
-Type=simple
-RuntimeDirectory=replica-vm/%i
-ExecStart=/bin/false
-# stop is a graceful ACPI power-down through QMP (ExecStop in each VM's drop-in when known),
-# then SIGKILL after TimeoutStopSec
-KillMode=mixed
-KillSignal=SIGKILL
-TimeoutStopSec=60
-
-[Install]
-WantedBy=multi-user.target
-"""
+SYSTEMD_DIR = "/etc/systemd/system"
 KVM_CREATE_VM = 0xAE01
 
 
@@ -280,6 +281,7 @@ def main():
             "iso": {"type": "path"},
             "drivers_iso": {"type": "path"},
             "tpm": {"type": "bool", "default": False},
+            "web_console": {"type": "str"},
             "cloud_init": {"type": "dict"},
             "network": {"type": "dict"},
             "wait": {"type": "bool", "default": True},
@@ -293,13 +295,13 @@ def main():
     params = module.params
     name, state = params["name"], params["state"]
     unit = f"replica-vm@{name}.service"
-    dropin_path = f"/etc/systemd/system/{unit}.d/50-vm.conf"
+    dropin_path = f"{SYSTEMD_DIR}/{unit}.d/50-vm.conf"
     vm_dir = os.path.join(params["vms_dir"], name)
     record_path = os.path.join(vm_dir, "vm.json")
     run_paths = vm.paths(name)
     result = {"changed": False, "state": "absent", "pid": 0, "accel": "", "qmp": run_paths["qmp"],
               "console": run_paths["console"], "vnc": run_paths["vnc"] if params["machine"] == "q35" else "",
-              "disk": ""}
+              "tpm": run_paths["tpm"] if params["tpm"] else "", "web_console": "", "disk": ""}
 
     def run(argv, check=True):
         rc, out, err = module.run_command(argv, environ_update=ENV)
@@ -315,29 +317,31 @@ def main():
     try:
         vm.check_name(name)
         record = json.loads(read(record_path) or "null")
-        current_dropin = read(dropin_path)
-        if current_dropin is not None and not current_dropin.startswith(vm.HEADER):
-            raise vm.VmError(f"{dropin_path} exists and is not managed by replica.cloud")
+        current = current_units(name)
+        for path, text in current.items():
+            if not text.startswith(vm.HEADER):
+                raise vm.VmError(f"{path} exists and is not managed by replica.cloud: remove it or choose another name")
         if os.path.isdir(vm_dir) and record is None:
             raise vm.VmError(f"{vm_dir} exists and is not a VM managed by replica.cloud: choose another name")
         active, pid = unit_state()
         running = active in ("active", "activating", "deactivating")
 
         if state == "absent":
-            if record is None and current_dropin is None:
+            if record is None and not current:
                 module.exit_json(**result)
             result["changed"] = True
             if module._diff:
-                result["diff"] = {"before": current_dropin or "", "after": ""}
+                result["diff"] = {"before": units_text(current), "after": ""}
             if module.check_mode:
                 module.exit_json(**result)
             if running:
                 stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
             run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
-            if os.path.exists(dropin_path):
-                os.unlink(dropin_path)
-                if not os.listdir(os.path.dirname(dropin_path)):
-                    os.rmdir(os.path.dirname(dropin_path))
+            for path in current:
+                os.unlink(path)
+                if not os.listdir(os.path.dirname(path)):
+                    os.rmdir(os.path.dirname(path))
+            if current:
                 run(["systemctl", "daemon-reload"])
             if os.path.isdir(vm_dir) and not params["keep_data"]:
                 cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))
@@ -369,6 +373,13 @@ def main():
             if code is None:
                 raise vm.VmError("q35 needs UEFI firmware: install the ovmf package")
             firmware = (code, os.path.join(vm_dir, "OVMF_VARS.fd"))
+        needs = [("swtpm", "tpm: true needs swtpm and swtpm-tools: install them", params["tpm"]),
+                 ("swtpm_setup", "tpm: true needs swtpm-tools: install it", params["tpm"]),
+                 ("websockify", "the web console needs websockify: install it, or set web_console: none",
+                  vm.web_console_listen(params))]
+        for tool, message, wanted in needs:
+            if wanted and not shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin"):
+                raise vm.VmError(message)
         if create:
             os.makedirs(params["vms_dir"], 0o700, exist_ok=True)
             reflink = cow.can_reflink(params["vms_dir"]) and image_format == "raw" and \
@@ -382,20 +393,22 @@ def main():
         spec["tsc_khz"] = host_tsc_khz()
         argv = vm.build_argv(spec, accel, firmware=firmware,
                              tpm_socket=run_paths["tpm"] if params["tpm"] else None)
-        dropin = vm.render_dropin(spec, argv)
-        dropin += (f"ExecStop=/usr/bin/python3 -c {vm._quote(POWERDOWN)} {run_paths['qmp']}\n"
-                   f"TimeoutStopSec={params['stop_timeout']}\n")
+        wanted = {os.path.join(SYSTEMD_DIR, path): text for path, text in vm.render_units(spec, argv, vm_dir).items()}
+        wanted[dropin_path] += (f"ExecStop=/usr/bin/python3 -c {vm._quote(POWERDOWN)} {run_paths['qmp']}\n"
+                                f"TimeoutStopSec={params['stop_timeout']}\n")
+        result["web_console"] = vm.web_console_listen(params) or ""
         seed_files = vm.cloud_init(spec) if params["cloud_init"] else None
         seed_changed = seed_files is not None and (record or {}).get("seed") != seed_files
-        changed_settings = current_dropin != dropin
+        templates_changed = any(read(os.path.join(SYSTEMD_DIR, path)) != text for path, text in vm.TEMPLATES.items())
+        changed_settings = current != wanted or templates_changed
         will_start = state in ("started", "restarted") and (not running or state == "restarted")
         will_stop = state == "stopped" and running
         result["changed"] = create or changed_settings or seed_changed or will_start or will_stop
         result["restart_required"] = bool(running and (changed_settings or seed_changed) and not will_start)
         result["disk"] = disk
         if module._diff:
-            result["diff"] = {"before": current_dropin or "", "after": dropin,
-                              "before_header": dropin_path, "after_header": dropin_path}
+            result["diff"] = {"before": units_text(current), "after": units_text(wanted),
+                              "before_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d", "after_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d"}
         if module.check_mode:
             result["state"] = "running" if (running and not will_stop) or will_start else "stopped"
             module.exit_json(**result)
@@ -416,8 +429,16 @@ def main():
                 raise
         if seed_changed:
             build_seed(run, vm_dir, seed_files)
-        write(TEMPLATE, TEMPLATE_TEXT)
-        write(dropin_path, dropin)
+        if params["tpm"]:
+            os.makedirs(os.path.join(vm_dir, "tpm"), 0o700, exist_ok=True)  # the TPM's state, snapshotted with the disk
+        for path, text in vm.TEMPLATES.items():
+            write(os.path.join(SYSTEMD_DIR, path), text)
+        for path, text in wanted.items():
+            write(path, text)
+        for path in set(current) - set(wanted):
+            os.unlink(path)
+            if not os.listdir(os.path.dirname(path)):
+                os.rmdir(os.path.dirname(path))
         write(record_path, json.dumps({"disk": disk, "disk_format": disk_format, "image": params["image"],
                                        "seed": seed_files, "written": bool((record or {}).get("written"))},
                                       indent=1) + "\n")
@@ -432,7 +453,11 @@ def main():
             if os.path.exists(run_paths["serial_log"]):
                 os.unlink(run_paths["serial_log"])
             started = time.monotonic()
-            run(["systemctl", "start", unit])
+            rc, out, err = run(["systemctl", "start", unit], check=False)
+            if rc != 0:
+                journal = run(["journalctl", "--no-pager", "-n", "30", "-o", "cat", "-u", unit,
+                               "-u", f"replica-vm-swtpm@{name}.service"], check=False)[1]
+                raise vm.VmError(f"systemctl start {unit} failed: {(err or out).strip()}\n{journal}")
             if params["wait"]:
                 wait_ready(params, run_paths["serial_log"], started, unit_state, result)
             # the disk has been written: installer media are not attached again
@@ -469,6 +494,21 @@ while pid and os.path.exists("/proc/" + pid):
     time.sleep(0.2)
 """
 POWERDOWN = "import base64;exec(base64.b64decode('" + base64.b64encode(POWERDOWN_SCRIPT.encode()).decode() + "'))"
+
+
+def current_units(name):
+    """The per-VM unit drop-ins there are now, ``{path: text}``."""
+    found = {}
+    for kind in ("replica-vm@{}.service", "replica-vm-swtpm@{}.service", "replica-vm-console@{}.socket"):
+        path = os.path.join(SYSTEMD_DIR, kind.format(name) + ".d", "50-vm.conf")
+        text = read(path)
+        if text is not None:
+            found[path] = text
+    return found
+
+
+def units_text(units):
+    return "".join(f"# {path}\n{text}" for path, text in sorted(units.items()))
 
 
 def wait_ready(params, log_path, started, unit_state, result):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -160,19 +161,45 @@ def seed_image(lab, machine, name="debian-12"):
     return f"/var/lib/machines/.images/{name}"
 
 
-#: what a lab host needs to run microVMs: QEMU, and a Debian kernel to boot directly
-VM_PACKAGES = ["qemu-system-x86", "qemu-utils", "linux-image-cloud-amd64", "genisoimage"]
+#: what a lab host needs to run VMs: QEMU, UEFI firmware, a software TPM, the websocket proxy, an
+#: iSCSI target and QEMU's iSCSI initiator, and a Debian kernel to boot directly
+VM_PACKAGES = ["qemu-system-x86", "qemu-utils", "linux-image-cloud-amd64", "genisoimage", "ovmf", "swtpm",
+               "swtpm-tools", "websockify", "tgt", "qemu-block-extra"]
+
+#: a unit in the test disk image that prints what the guest sees on its serial console once it
+#: has booted: the TPM's version, its hostname, its disks and the first bytes of its second disk
+PROBE_UNIT = """[Unit]
+Description=replica.cloud test probe
+After=local-fs.target systemd-udev-settle.service
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "replica-probe tpm=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none) hostname=$(hostname) disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
+[Install]
+WantedBy=multi-user.target
+"""
 
 
 def seed_vm_images(lab, machine):
     """Make /var/lib/replica/vm-images in lab host *machine*: ``debian.raw`` (the lab host's own
-    image as an ext4 file system, 2G sparse), and the ``vmlinuz`` and ``initrd.img`` in it.
-    Returns the base disk's path on this machine."""
+    image plus the probe unit above, as an ext4 file system, 2G sparse), and the ``vmlinuz`` and
+    ``initrd.img`` in it. Returns the base disk's path on this machine."""
     image_root = os.path.join(lab.images, machine.image)
     images = os.path.join(machine.directory, "var/lib/replica/vm-images")
     os.makedirs(images, exist_ok=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", image_root, os.path.join(images, "debian.raw"), "2G"],
-                   check=True, capture_output=True)
+    tree = os.path.join(os.path.dirname(lab.images), f".vm-root-{machine.name}")
+    shutil.rmtree(tree, ignore_errors=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", image_root, tree], check=True)  # instant on the btrfs pool
+    try:
+        units = os.path.join(tree, "etc/systemd/system")
+        with open(os.path.join(units, "replica-probe.service"), "w", encoding="utf-8") as handle:
+            handle.write(PROBE_UNIT)
+        os.symlink("../replica-probe.service", os.path.join(units, "multi-user.target.wants/replica-probe.service"))
+        # the lab host's iSCSI target is in the image too: not in the guest (its stop hangs for 90 s)
+        os.symlink("/dev/null", os.path.join(units, "tgt.service"))
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", tree, os.path.join(images, "debian.raw"), "2G"],
+                       check=True, capture_output=True)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
     for pattern, name in (("boot/vmlinuz-*", "vmlinuz"), ("boot/initrd.img-*", "initrd.img")):
         with open(glob.glob(os.path.join(image_root, pattern))[0], "rb") as src, \
                 open(os.path.join(images, name), "wb") as dst:

@@ -92,3 +92,72 @@ def test_tcg_microvm_skips_tsc_calibration_when_the_host_rate_is_known():
     assert after(argv, "-append") == ["console=ttyS0 root=/dev/vda rw tsc_early_khz=2596134 tsc=reliable"]
     assert after(vm.build_argv(dict(MICRO, tsc_khz=2596134), "kvm"), "-append") == ["console=ttyS0 root=/dev/vda rw"]
     assert after(vm.build_argv(MICRO, "tcg"), "-append") == ["console=ttyS0 root=/dev/vda rw"]
+
+
+Q35 = {"name": "win1", "machine": "q35", "disk": "/d.raw"}
+
+
+@pytest.mark.parametrize("value,listen", [
+    (None, "/run/replica-vm-console/win1.sock"),
+    ("unix", "/run/replica-vm-console/win1.sock"),
+    ("/srv/ingress/win1.sock", "/srv/ingress/win1.sock"),
+    ("127.0.0.1:6081", "127.0.0.1:6081"),
+    ("[::1]:6081", "[::1]:6081"),
+    ("none", None),
+])
+def test_web_console_listen(value, listen):
+    assert vm.web_console_listen(dict(Q35, web_console=value)) == listen
+
+
+def test_microvms_have_no_web_console():
+    assert vm.web_console_listen({"name": "tiny1", "kernel": "/k"}) is None
+    with pytest.raises(vm.VmError, match="web_console needs machine q35"):
+        vm.validate({"name": "tiny1", "kernel": "/k", "web_console": "unix"})
+
+
+@pytest.mark.parametrize("value", ["localhost", ":6081", "localhost:6081", "1.2.3.4:0", "1.2.3.4:70000", "relative.sock", "host:port"])
+def test_bad_web_console(value):
+    with pytest.raises(vm.VmError, match="web_console"):
+        vm.validate(dict(Q35, web_console=value))
+
+
+def test_units_of_a_q35_vm_with_tpm_and_default_console():
+    units = vm.render_units(dict(Q35, tpm=True), ["qemu"], "/var/lib/replica/vms/win1")
+    assert sorted(units) == ["replica-vm-swtpm@win1.service.d/50-vm.conf", "replica-vm@win1.service.d/50-vm.conf"]
+    main = units["replica-vm@win1.service.d/50-vm.conf"]
+    assert "Requires=replica-vm-swtpm@win1.service" in main and "After=replica-vm-swtpm@win1.service" in main
+    assert "Wants=replica-vm-console@win1.socket" in main
+    tpm = units["replica-vm-swtpm@win1.service.d/50-vm.conf"]
+    # the TPM's state is on the VM's (CoW) storage, and only there is it writable
+    assert "ReadWritePaths=/var/lib/replica/vms/win1/tpm" in tpm
+    assert "--tpmstate dir=/var/lib/replica/vms/win1/tpm,mode=0600" in tpm
+    assert f"path={vm.paths('win1')['tpm']}" in tpm and "--terminate" in tpm
+    assert all(text.startswith(vm.HEADER) for text in units.values())
+
+
+def test_units_of_a_console_on_a_port_and_of_a_microvm():
+    units = vm.render_units(dict(Q35, web_console="127.0.0.1:6081"), ["qemu"], "/vms/win1")
+    assert units["replica-vm-console@win1.socket.d/50-vm.conf"].endswith("ListenStream=\nListenStream=127.0.0.1:6081\n")
+    micro = vm.render_units(MICRO, ["qemu"], "/vms/tiny1")
+    assert list(micro) == ["replica-vm@tiny1.service.d/50-vm.conf"] and "console" not in micro["replica-vm@tiny1.service.d/50-vm.conf"]
+    none = vm.render_units(dict(Q35, web_console="none"), ["qemu"], "/vms/win1")
+    assert "Wants=replica-vm-console" not in none["replica-vm@win1.service.d/50-vm.conf"]
+
+
+def test_templates_bind_the_helpers_to_the_vm():
+    t = vm.TEMPLATES
+    assert set(t) == {"replica-vm@.service", "replica-vm-swtpm@.service", "replica-vm-console@.socket",
+                      "replica-vm-console@.service", "replica-vm-websockify@.service"}
+    # stopping the VM stops its TPM, its console socket and the websocket bridge
+    assert "PartOf=replica-vm@%i.service" in t["replica-vm-swtpm@.service"]
+    for unit in ("replica-vm-console@.socket", "replica-vm-websockify@.service"):
+        assert "BindsTo=replica-vm@%i.service" in t[unit]
+    # the proxy joins the bridge's private network namespace, where websockify listens on loopback
+    proxy, bridge = t["replica-vm-console@.service"], t["replica-vm-websockify@.service"]
+    assert "JoinsNamespaceOf=replica-vm-websockify@%i.service" in proxy and "PrivateNetwork=yes" in proxy
+    assert f"127.0.0.1:{vm.WEBSOCKIFY_PORT}" in proxy and f"127.0.0.1:{vm.WEBSOCKIFY_PORT}" in bridge
+    assert "--exit-idle-time=300" in proxy and "StopWhenUnneeded=yes" in bridge
+    assert "--unix-target=/run/replica-vm/%i/vnc.sock" in bridge
+    for name, text in t.items():
+        if name.endswith(".service") and name != "replica-vm@.service":
+            assert "ProtectSystem=strict" in text and "CapabilityBoundingSet=\n" in text, name
