@@ -67,10 +67,14 @@ def packages_for(extra):
     return sorted(wanted)
 
 
-def image_key(suite, packages, sources, aptopts=()):
-    """A digest naming what the image is built from: a changed package list or source rebuilds it."""
-    data = json.dumps({"format": FORMAT, "suite": suite, "packages": sorted(packages),
-                       "sources": list(sources), "aptopts": list(aptopts)}, sort_keys=True)
+def image_key(suite, packages, sources, aptopts=(), disk_size=None):
+    """A digest naming what the image is built from: a changed package list or source rebuilds it.
+    *disk_size* (a VM disk image of that size) is part of it; a folder image's key leaves it out."""
+    what = {"format": FORMAT, "suite": suite, "packages": sorted(packages),
+            "sources": list(sources), "aptopts": list(aptopts)}
+    if disk_size is not None:
+        what["disk"] = disk_size
+    data = json.dumps(what, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -100,3 +104,29 @@ def mmdebstrap_argv(suite, packages, dest, aptopts=()):
             '--customize-hook=rm -f "$1"/etc/machine-id && touch "$1"/etc/machine-id']
     argv += [f"--aptopt={path}" for path in aptopts]
     return argv + [suite, dest, "-"]
+
+
+def disk_size(value):
+    """A VM disk image's size for ``mkfs.ext4`` (``2G``, ``512M``), checked; returns it canonical."""
+    match = re.match(r"^([1-9][0-9]*)\s*([MGT])(?:I?B)?$", str(value).strip().upper())
+    if not match:
+        raise ImageError(f"disk size {value!r} must be a size like 2G or 512M")
+    mib = int(match.group(1)) * {"M": 1, "G": 1024, "T": 1 << 20}[match.group(2)]
+    if mib < 256:
+        raise ImageError(f"disk size {value!r} is too small for a Debian root file system: give 256M or more")
+    return f"{mib}M"
+
+
+def boot_files(names):
+    """The kernel and initrd to boot directly, from the names in an image's /boot: the newest
+    ``vmlinuz-*`` and its ``initrd.img-*``; ``(None, None)`` when there is no kernel."""
+    kernels = sorted((n for n in names if n.startswith("vmlinuz-")), key=_version_key)
+    if not kernels:
+        return None, None
+    kernel = kernels[-1]
+    initrd = "initrd.img-" + kernel[len("vmlinuz-"):]
+    return kernel, initrd if initrd in names else None
+
+
+def _version_key(name):
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", name)]

@@ -86,6 +86,34 @@ WEBSOCKIFY_PORT = 5700
 WAIT_LISTEN = ('"import socket, time; any(socket.socket().connect_ex((\'127.0.0.1\', %d)) == 0 '
                'or time.sleep(0.05) for i in range(200))"' % WEBSOCKIFY_PORT)
 
+# QEMU itself: read-only system with its VM folder writable (the drop-in's ReadWritePaths=), no
+# capabilities (CAP_NET_ADMIN for tap/macvtap VMs), no new privileges. Not PrivateDevices= (it
+# needs /dev/kvm and /dev/net/tun), not MemoryDenyWriteExecute= (TCG generates code), not
+# PrivateNetwork= (user-mode networking and iSCSI disks connect out).
+VM_HARDENING = """NoNewPrivileges=yes
+CapabilityBoundingSet=
+PrivateTmp=yes
+ProtectSystem=strict
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+# QEMU probes seccomp at start-up
+SystemCallFilter=seccomp
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+UMask=0077
+"""
+
 # Templates the module installs; what differs per VM is in each instance's drop-in.
 TEMPLATES = {
     "replica-vm@.service": f"""{HEADER}
@@ -102,7 +130,7 @@ ExecStart=/bin/false
 KillMode=mixed
 KillSignal=SIGKILL
 TimeoutStopSec=60
-
+{VM_HARDENING}
 [Install]
 WantedBy=multi-user.target
 """,
@@ -291,7 +319,10 @@ def render_units(spec, argv, state_dir):
     """Every per-VM unit file, ``{path under /etc/systemd/system: text}``: the VM's drop-in and
     those of its helpers (its TPM, whose state is in *state_dir*/tpm, and its web console)."""
     name = spec["name"]
-    units = {f"replica-vm@{name}.service.d/50-vm.conf": render_dropin(spec, argv)}
+    # what QEMU may write: its folder (disk, firmware variables, seed) and extra disk files
+    writable = [state_dir] + [d["path"] for d in spec.get("disks") or [] if d.get("path")]
+    units = {f"replica-vm@{name}.service.d/50-vm.conf": render_dropin(spec, argv) + "".join(
+        f"ReadWritePaths={_quote(path)}\n" for path in writable)}
     if spec.get("tpm"):
         tpm = f"{state_dir}/tpm"
         sock = paths(name)["tpm"]
@@ -322,10 +353,13 @@ def render_dropin(spec, argv):
     lines += ["", "[Service]"]
     if network.get("type") == "tap":
         tap = tap_name(name)
-        lines += [f"ExecStartPre=-/sbin/ip link delete {tap}",
-                  f"ExecStartPre=/sbin/ip tuntap add dev {tap} mode tap",
-                  f"ExecStartPre=/sbin/ip link set {tap} master {network['bridge']} up",
-                  f"ExecStopPost=-/sbin/ip link delete {tap}"]
+        # '+': the tap is made with full privileges, outside the sandbox
+        lines += [f"ExecStartPre=+-/sbin/ip link delete {tap}",
+                  f"ExecStartPre=+/sbin/ip tuntap add dev {tap} mode tap",
+                  f"ExecStartPre=+/sbin/ip link set {tap} master {network['bridge']} up",
+                  f"ExecStopPost=+-/sbin/ip link delete {tap}"]
+    if network.get("type") in ("tap", "macvtap"):
+        lines.append("CapabilityBoundingSet=CAP_NET_ADMIN")  # QEMU attaches to the tap device
     lines.append("ExecStart=")
     lines.append("ExecStart=" + " ".join(_quote(a) for a in argv))
     return "\n".join(lines) + "\n"

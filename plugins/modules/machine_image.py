@@ -19,6 +19,10 @@ description:
   - The image is rebuilt only when what it is built from changes (suite, packages, APT sources)
     or with O(state=refreshed); machines already forked from it keep their own copy.
   - A failed build leaves nothing behind, and the image it was to replace stays.
+  - "With O(format=disk) the image is a VM disk instead: the same root file system as one raw
+    ext4 disk image O(images_dir)/O(name).raw of O(size) (sparse), with the kernel and initrd of
+    its kernel package unpacked beside it as O(name).vmlinuz and O(name).initrd.img, ready for
+    M(replica.cloud.qemu_vm) to fork and boot directly (microVMs, or q35 with a kernel)."
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
@@ -37,6 +41,19 @@ options:
     description: Where images live; on btrfs (or a reflink file system) next to the machines.
     type: path
     default: /var/lib/machines/.images
+  format:
+    description:
+      - V(tree) - a root folder (btrfs subvolume or reflink folder) for containers.
+      - "V(disk) - a raw ext4 disk image plus kernel and initrd for VMs. O(packages) must hold a
+        kernel package (for example C(linux-image-cloud-amd64)). On btrfs or xfs VMs fork it by
+        reflink; elsewhere as a qcow2 overlay."
+    type: str
+    choices: [tree, disk]
+    default: tree
+  size:
+    description: The disk image's size (O(format=disk)), a sparse file; the guest can grow it.
+    type: str
+    default: 2G
   state:
     description:
       - V(present) - built, and rebuilt when its sources changed.
@@ -46,7 +63,7 @@ options:
     choices: [present, refreshed, absent]
     default: present
 notes:
-  - Needs mmdebstrap on the host, and btrfs-progs for btrfs.
+  - Needs mmdebstrap on the host, btrfs-progs for btrfs, e2fsprogs for O(format=disk).
   - Only the O(images_dir) of the host's own architecture is built.
 attributes:
   check_mode:
@@ -69,12 +86,28 @@ EXAMPLES = r"""
     name: debian-12-web
     packages: [nginx, curl]
     state: refreshed
+
+- name: A VM disk with Debian's cloud kernel and cloud-init, for replica.cloud.qemu_vm
+  replica.cloud.machine_image:
+    name: debian-12-vm
+    format: disk
+    size: 4G
+    packages: [linux-image-cloud-amd64, cloud-init, openssh-server]
+    images_dir: /var/lib/replica/vm-images
 """
 
 RETURN = r"""
 path:
-  description: The image's root.
+  description: The image's root folder, or its disk image (O(format=disk)).
   returned: always
+  type: str
+kernel:
+  description: The kernel unpacked beside a disk image.
+  returned: when O(format=disk) and present
+  type: str
+initrd:
+  description: The initrd unpacked beside a disk image (empty when the kernel has none).
+  returned: when O(format=disk) and present
   type: str
 key:
   description: Digest of what the image is built from.
@@ -118,6 +151,8 @@ def main():
             "suite": {"type": "str"},
             "packages": {"type": "list", "elements": "str", "default": []},
             "images_dir": {"type": "path", "default": "/var/lib/machines/.images"},
+            "format": {"type": "str", "choices": ["tree", "disk"], "default": "tree"},
+            "size": {"type": "str", "default": "2G"},
             "state": {"type": "str", "choices": ["present", "refreshed", "absent"], "default": "present"},
         },
         supports_check_mode=True,
@@ -132,11 +167,16 @@ def main():
         return rc, out, err
 
     images_dir = params["images_dir"]
-    path = os.path.join(images_dir, name)
+    disk = params["format"] == "disk"
+    path = os.path.join(images_dir, f"{name}.raw" if disk else name)
+    # a disk image's kernel and initrd, unpacked beside it
+    boot = {"kernel": os.path.join(images_dir, f"{name}.vmlinuz"),
+            "initrd": os.path.join(images_dir, f"{name}.initrd.img")} if disk else {}
     record_path = os.path.join(images_dir, f"{name}.json")
     result = {"changed": False, "path": path}
     try:
         img.check_name(name)
+        size = img.disk_size(params["size"]) if disk else None
         record = None
         if os.path.exists(record_path):
             with open(record_path, encoding="utf-8") as handle:
@@ -148,17 +188,22 @@ def main():
                     result["diff"] = {"before": record or {}, "after": {}}
                 if not module.check_mode:
                     cow.remove_tree(path, lambda argv: run(argv, check=False))
-                    if os.path.exists(record_path):
-                        os.unlink(record_path)
+                    for leftover in [*boot.values(), record_path]:
+                        if os.path.exists(leftover):
+                            os.unlink(leftover)
             module.exit_json(**result)
 
         suite = params["suite"] or host_codename()
         packages = img.packages_for(params["packages"])
         sources = img.read_host_sources()
         aptopts = img.read_host_aptopts()
-        key = img.image_key(suite, packages, [text for dummy, text in sources], [text for dummy, text in aptopts])
+        key = img.image_key(suite, packages, [text for dummy, text in sources], [text for dummy, text in aptopts],
+                            disk_size=size)
         result.update(key=key, packages=packages)
-        current = os.path.isdir(path) and record is not None and record.get("key") == key
+        if disk:
+            result.update(kernel=boot["kernel"], initrd=boot["initrd"] if (record or {}).get("initrd", True) else "")
+        built = os.path.isfile(path) and os.path.isfile(boot["kernel"]) if disk else os.path.isdir(path)
+        current = built and record is not None and record.get("key") == key
         build = params["state"] == "refreshed" or not current
         result["changed"] = build
         if module._diff:
@@ -170,6 +215,13 @@ def main():
             raise img.ImageError("mmdebstrap is not installed on the host: install the mmdebstrap package")
 
         os.makedirs(images_dir, 0o700, exist_ok=True)
+        if disk:
+            started = time.monotonic()
+            result.update(build_disk(run, images_dir, name, suite, packages, sources, aptopts, size, boot))
+            result["build_seconds"] = round(time.monotonic() - started, 1)
+            write_record(record_path, key, suite, packages, result["build_seconds"], size=size,
+                         initrd=bool(result["initrd"]))
+            module.exit_json(**result)
         on_btrfs = cow.fstype(images_dir) == "btrfs"
         if not on_btrfs and not cow.can_reflink(images_dir):
             raise img.ImageError(f"{images_dir} is on {cow.fstype(images_dir)}, without copy-on-write: machines "
@@ -202,12 +254,56 @@ def main():
             cow.remove_tree(partial, lambda argv: run(argv, check=False))
             raise
         result["build_seconds"] = round(time.monotonic() - started, 1)
-        with open(record_path, "w", encoding="utf-8") as handle:
-            json.dump({"key": key, "suite": suite, "packages": packages, "build_seconds": result["build_seconds"],
-                       "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, handle, indent=1)
+        write_record(record_path, key, suite, packages, result["build_seconds"])
     except (img.ImageError, cow.CowError, OSError) as exc:
         module.fail_json(msg=str(exc), **result)
     module.exit_json(**result)
+
+
+def write_record(record_path, key, suite, packages, seconds, **extra):
+    with open(record_path, "w", encoding="utf-8") as handle:
+        json.dump({"key": key, "suite": suite, "packages": packages, "build_seconds": seconds,
+                   "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}, handle, indent=1)
+
+
+def build_disk(run, images_dir, name, suite, packages, sources, aptopts, size, boot):
+    """Build the root file system in a scratch folder, make it a sparse ext4 disk image and
+    unpack its kernel and initrd; publish all three by rename, or leave nothing."""
+    tree = os.path.join(images_dir, f".{name}.tree")
+    outputs = {"path": os.path.join(images_dir, f"{name}.raw"), **boot}
+    partial = {what: os.path.join(images_dir, "." + os.path.basename(final) + ".partial")
+               for what, final in outputs.items()}
+
+    def clean():
+        cow.remove_tree(tree, lambda argv: run(argv, check=False))
+        for leftover in partial.values():
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+    clean()
+    os.mkdir(tree, 0o755)
+    try:
+        stdin = img.sources_text(sources, host_codename(), suite)
+        run(img.mmdebstrap_argv(suite, packages, tree, [p for p, dummy in aptopts]), data=stdin)
+        kernel, initrd = img.boot_files(os.listdir(os.path.join(tree, "boot")))
+        if kernel is None:
+            raise img.ImageError(f"image {name}: format disk needs a kernel to boot: add a kernel package to "
+                                 f"packages (for example linux-image-cloud-amd64)")
+        shutil.copyfile(os.path.join(tree, "boot", kernel), partial["kernel"])
+        if initrd:
+            shutil.copyfile(os.path.join(tree, "boot", initrd), partial["initrd"])
+        run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, partial["path"], size])
+        for what, final in outputs.items():
+            if what == "initrd" and not initrd:
+                if os.path.exists(final):
+                    os.unlink(final)
+                continue
+            os.rename(partial[what], final)
+    except (img.ImageError, OSError):
+        clean()
+        raise
+    clean()
+    return {"kernel": outputs["kernel"], "initrd": outputs["initrd"] if initrd else ""}
 
 
 def flatten(tree):

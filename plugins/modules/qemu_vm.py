@@ -529,6 +529,9 @@ def wait_ready(params, log_path, started, unit_state, result):
     if os.path.exists(log_path):
         with open(log_path, "rb") as handle:
             tail = handle.read()[-1500:].decode("utf-8", "replace")
+    if unit_state()[0] == "failed":
+        raise vm.VmError(f"VM {params['name']} exited before it printed {params['ready_pattern']!r}: see "
+                         f"journalctl -u replica-vm@{params['name']}.service; console output ends with:\n{tail}")
     raise vm.VmError(f"VM {params['name']} did not print {params['ready_pattern']!r} within "
                      f"{params['timeout']} s; console output ends with:\n{tail}")
 

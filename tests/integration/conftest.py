@@ -173,7 +173,8 @@ Description=replica.cloud test probe
 After=local-fs.target systemd-udev-settle.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "replica-probe tpm=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none) hostname=$(hostname) disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
+ExecStart=/bin/sh -c 'echo "replica-probe tpm=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none) \\
+  hostname=$(hostname) disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
 [Install]
 WantedBy=multi-user.target
 """

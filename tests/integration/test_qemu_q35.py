@@ -18,28 +18,8 @@ IQN = "iqn.2026-11.cloud.replica.lab:disk1"
 SIGNATURE = b"replica-iscsi-lun-ok"
 
 # From the lab host: open the web console's socket, ask for a websocket, read the first frame.
-WEBSOCKET_PROBE = r"""
-import base64, json, os, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(20)
-s.connect(sys.argv[1])
-key = base64.b64encode(os.urandom(16)).decode()
-s.sendall(("GET / HTTP/1.1\r\nHost: vm\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           "Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\n"
-           "Sec-WebSocket-Protocol: binary\r\n\r\n").encode())
-data = b""
-while b"\r\n\r\n" not in data:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    data += chunk
-head, _, rest = data.partition(b"\r\n\r\n")
-while len(rest) < 2 + 12:
-    rest += s.recv(4096)
-length = rest[1] & 0x7F
-print(json.dumps({"status": head.split(b"\r\n")[0].decode(), "opcode": rest[0] & 0x0F,
-                  "payload": rest[2:2 + length].decode("latin-1")}))
-"""
+with open(os.path.join(os.path.dirname(__file__), "files", "websocket_probe.py"), encoding="utf-8") as _probe:
+    WEBSOCKET_PROBE = _probe.read()
 
 
 def test_q35_tpm_iscsi_web_console(lab, lab_host):

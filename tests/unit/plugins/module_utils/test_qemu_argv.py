@@ -45,7 +45,8 @@ def test_q35_with_firmware_tpm_iso_tap():
     assert after(argv, "-netdev") == ["tap,id=n0,ifname=vm-win1,script=no,downscript=no"]
     dropin = vm.render_dropin(spec, argv)
     assert "Requires=replica-vm-swtpm@win1.service" in dropin
-    assert "ExecStartPre=/sbin/ip link set vm-win1 master br0 up" in dropin
+    assert "ExecStartPre=+/sbin/ip link set vm-win1 master br0 up" in dropin
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN" in dropin
     assert "\nExecStart=\nExecStart=qemu-system-x86_64 " in dropin
 
 

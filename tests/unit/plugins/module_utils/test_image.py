@@ -1,0 +1,36 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Machine images: the key of a VM disk image, its size, and the kernel picked from /boot."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.replica.cloud.plugins.module_utils import _image as img
+
+
+def test_a_disk_image_key_depends_on_its_size_and_differs_from_the_folder_image():
+    tree = img.image_key("bookworm", ["a"], ["src"])
+    assert tree == img.image_key("bookworm", ["a"], ["src"], disk_size=None)
+    two = img.image_key("bookworm", ["a"], ["src"], disk_size="2048M")
+    assert two not in (tree, img.image_key("bookworm", ["a"], ["src"], disk_size="4096M"))
+
+
+@pytest.mark.parametrize("value,mib", [("2G", "2048M"), ("512M", "512M"), ("4GiB", "4096M"), ("1t", "1048576M")])
+def test_disk_size(value, mib):
+    assert img.disk_size(value) == mib
+
+
+@pytest.mark.parametrize("value,message", [("lots", "size like"), ("0G", "size like"), ("100M", "too small"),
+                                           ("2", "size like")])
+def test_bad_disk_size(value, message):
+    with pytest.raises(img.ImageError, match=message):
+        img.disk_size(value)
+
+
+def test_boot_files_pick_the_newest_kernel_and_its_initrd():
+    names = ["config-6.1.0-9-cloud-amd64", "vmlinuz-6.1.0-9-cloud-amd64", "initrd.img-6.1.0-9-cloud-amd64",
+             "vmlinuz-6.1.0-10-cloud-amd64", "initrd.img-6.1.0-10-cloud-amd64", "System.map-6.1.0-10-cloud-amd64"]
+    assert img.boot_files(names) == ("vmlinuz-6.1.0-10-cloud-amd64", "initrd.img-6.1.0-10-cloud-amd64")
+    assert img.boot_files(["vmlinuz-6.1.0-10-amd64"]) == ("vmlinuz-6.1.0-10-amd64", None)
+    assert img.boot_files(["config-x", "grub"]) == (None, None)
