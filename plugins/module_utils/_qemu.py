@@ -90,28 +90,12 @@ WAIT_LISTEN = ('"import socket, time; any(socket.socket().connect_ex((\'127.0.0.
 # capabilities (CAP_NET_ADMIN for tap/macvtap VMs), no new privileges. Not PrivateDevices= (it
 # needs /dev/kvm and /dev/net/tun), not MemoryDenyWriteExecute= (TCG generates code), not
 # PrivateNetwork= (user-mode networking and iSCSI disks connect out).
-VM_HARDENING = """NoNewPrivileges=yes
-CapabilityBoundingSet=
-PrivateTmp=yes
-ProtectSystem=strict
-ProtectHome=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-# QEMU probes seccomp at start-up
+VM_HARDENING = "".join(
+    line for line in HARDENING.splitlines(True)
+    if line.split("=", 1)[0] not in ("PrivateDevices", "PrivateNetwork", "ProcSubset", "MemoryDenyWriteExecute")
+    and not line.startswith("SystemCallFilter=~")) + """# QEMU probes seccomp at start-up
 SystemCallFilter=seccomp
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-UMask=0077
 """
 
 # Templates the module installs; what differs per VM is in each instance's drop-in.

@@ -162,3 +162,15 @@ def test_templates_bind_the_helpers_to_the_vm():
     for name, text in t.items():
         if name.endswith(".service") and name != "replica-vm@.service":
             assert "ProtectSystem=strict" in text and "CapabilityBoundingSet=\n" in text, name
+
+
+def test_qemu_runs_hardened_with_only_its_folder_writable():
+    template = vm.TEMPLATES["replica-vm@.service"]
+    assert "ProtectSystem=strict" in template and "CapabilityBoundingSet=\n" in template
+    # QEMU needs /dev/kvm and /dev/net/tun, writable+executable memory under TCG, and the network
+    for missing in ("PrivateDevices=", "MemoryDenyWriteExecute=", "PrivateNetwork="):
+        assert missing not in template
+    units = vm.render_units(dict(MICRO, disks=[{"path": "/srv/data disk.raw"}]), ["qemu"], "/vms/tiny1")
+    dropin = units["replica-vm@tiny1.service.d/50-vm.conf"]
+    assert "ReadWritePaths=/vms/tiny1\n" in dropin and "ReadWritePaths='/srv/data disk.raw'\n" in dropin
+    assert "CapabilityBoundingSet" not in dropin  # user-mode networking needs no capability
