@@ -25,7 +25,11 @@ description:
   - "Helper units, bound to the VM's unit (C(systemctl stop replica-vm@<name>) stops them all):
     C(replica-vm-swtpm@<name>.service), a software TPM 2.0 (O(tpm)) whose state is in the VM's
     folder, so a snapshot of the VM includes it; C(replica-vm-console@<name>.socket), the VM's VNC
-    display as a websocket (C(websockify)), socket-activated, exiting after 5 idle minutes."
+    display as a websocket, socket-activated: the first connection starts a
+    C(systemd-socket-proxyd) joined to the network namespace of C(replica-vm-websockify@<name>),
+    which bridges to the VNC UNIX socket; both exit after 5 idle minutes."
+  - "QEMU runs hardened: read-only system but for the VM's folder, no capabilities (CAP_NET_ADMIN
+    with tap or macvtap), C(@system-service) system calls."
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
