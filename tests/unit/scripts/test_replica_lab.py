@@ -53,6 +53,7 @@ def test_nspawn_argv_is_a_privileged_booting_machine():
     assert "--boot" in argv and "--machine=lab1" in argv
     assert "--directory=/pool/machines/lab1" in argv
     assert "--network-bridge=br9" in argv and "--capability=all" in argv
+    assert argv.index("--drop-capability=CAP_SYS_TIME") > argv.index("--capability=all")  # the clock is the host's
     assert "--bind=/dev/loop-control" in argv
     assert "--register=no" in argv  # the CI machine has no systemd to register with
     assert replica_lab.NSPAWN_ENV["SYSTEMD_SECCOMP"] == "0"
