@@ -36,6 +36,47 @@ def mac_for(name):
     return "52:54:" + ":".join(f"{b:02x}" for b in digest[:4])
 
 
+#: the guest's address on QEMU's user-mode network (behind QEMU's own NAT)
+USER_NET_GUEST = "10.0.2.15"
+
+
+def link_local(mac):
+    """The IPv6 link-local address a guest forms from *mac* by EUI-64 (systemd-networkd's and
+    the kernel's default): flip the universal/local bit, put ff:fe in the middle."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    octets[0] ^= 0x02
+    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
+    groups = [f"{(eui[i] << 8) | eui[i + 1]:x}" for i in range(0, 8, 2)]
+    return "fe80::" + ":".join(groups)
+
+
+def addresses(spec):
+    """What can be known of the VM's addresses without asking the guest: its MAC, and its
+    addresses: the static ones of its cloud-init network_config, the EUI-64 link-local one on a
+    tap or macvtap network, QEMU's fixed guest address on the user-mode network."""
+    network = spec.get("network") or {"type": "user"}
+    kind = network.get("type", "user")
+    if kind == "none":
+        return {"mac": "", "addresses": []}
+    mac = network.get("mac") or mac_for(spec["name"])
+    found = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("addresses", "address") and isinstance(value, (list, str)):
+                    found.extend(str(v).split("/", 1)[0] for v in (value if isinstance(value, list) else [value]))
+                else:
+                    collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(((spec.get("cloud_init") or {}).get("network_config")) or {})
+    found.append(USER_NET_GUEST if kind == "user" else link_local(mac))
+    return {"mac": mac, "addresses": found}
+
+
 def memory_mib(value):
     text = str(value).strip().upper()
     match = re.match(r"^([0-9]+)\s*([MG]?)I?B?$", text)
@@ -201,6 +242,8 @@ def validate(spec):
         raise VmError("network type tap needs network.bridge")
     if network.get("type") == "macvtap" and not network.get("interface"):
         raise VmError("network type macvtap needs network.interface")
+    if network.get("mode", "bridge") not in ("bridge", "vepa", "private", "passthru"):
+        raise VmError(f"network mode {network.get('mode')!r} must be bridge, vepa, private or passthru")
     memory_mib(spec.get("memory", 512))
     if int(spec.get("cpus", 1)) < 1:
         raise VmError("cpus must be 1 or more")
@@ -342,10 +385,27 @@ def render_dropin(spec, argv):
                   f"ExecStartPre=+/sbin/ip tuntap add dev {tap} mode tap",
                   f"ExecStartPre=+/sbin/ip link set {tap} master {network['bridge']} up",
                   f"ExecStopPost=+-/sbin/ip link delete {tap}"]
+    if network.get("type") == "macvtap":
+        # a macvtap device on the host interface with the guest's MAC; QEMU gets its character
+        # device as file descriptor 3 (made here where no udev makes /dev/tapN)
+        tap = tap_name(name)
+        mac = network.get("mac") or mac_for(name)
+        # '$$': a literal '$' for the shell (systemd expands '$NAME' itself)
+        node = f"/dev/tap$$(cat /sys/class/net/{tap}/ifindex)"
+        dev = f"/sys/class/net/{tap}/macvtap/tap*/dev"
+        lines += [f"ExecStartPre=+-/sbin/ip link delete {tap}",
+                  f"ExecStartPre=+/sbin/ip link add link {network['interface']} name {tap} address {mac} "
+                  f"type macvtap mode {network.get('mode', 'bridge')}",
+                  f"ExecStartPre=+/sbin/ip link set {tap} up",
+                  f'ExecStartPre=+/bin/sh -c "[ -e {node} ] || mknod {node} c $$(cut -d: -f1 {dev}) $$(cut -d: -f2 {dev})"',
+                  f"ExecStopPost=+-/sbin/ip link delete {tap}"]
     if network.get("type") in ("tap", "macvtap"):
         lines.append("CapabilityBoundingSet=CAP_NET_ADMIN")  # QEMU attaches to the tap device
     lines.append("ExecStart=")
-    lines.append("ExecStart=" + " ".join(_quote(a) for a in argv))
+    command = " ".join(_quote(a) for a in argv)
+    if network.get("type") == "macvtap":
+        command = f'/bin/sh -c "exec 3<>{node} && exec \\"$$@\\"" qemu {command}'
+    lines.append("ExecStart=" + command)
     return "\n".join(lines) + "\n"
 
 

@@ -196,6 +196,20 @@ disk:
   description: The VM's disk.
   returned: always
   type: str
+mac:
+  description: The VM's MAC address (derived from its name unless given).
+  returned: when present
+  type: str
+addresses:
+  description:
+    - "What is known of its addresses without asking the guest: the static addresses of its
+      cloud-init O(cloud_init) C(network_config), then its IPv6 link-local address (EUI-64 from
+      the MAC) on a tap or macvtap network, or C(10.0.2.15) (QEMU's user-mode network, behind
+      QEMU's NAT)."
+    - DHCP leases are the network role's (its DNS names the VM).
+  returned: when present
+  type: list
+  elements: str
 """
 
 import base64
@@ -410,6 +424,7 @@ def main():
         result["changed"] = create or changed_settings or seed_changed or will_start or will_stop
         result["restart_required"] = bool(running and (changed_settings or seed_changed) and not will_start)
         result["disk"] = disk
+        result.update(vm.addresses(spec))
         if module._diff:
             result["diff"] = {"before": units_text(current), "after": units_text(wanted),
                               "before_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d", "after_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d"}

@@ -167,14 +167,14 @@ VM_PACKAGES = ["qemu-system-x86", "qemu-utils", "linux-image-cloud-amd64", "geni
                "swtpm-tools", "websockify", "tgt", "qemu-block-extra"]
 
 #: a unit in the test disk image that prints what the guest sees on its serial console once it
-#: has booted: the TPM's version, its hostname, its disks and the first bytes of its second disk
+#: has booted: the TPM's version, its hostname, its MAC, its disks and the first bytes of its second disk
 PROBE_UNIT = """[Unit]
 Description=replica.cloud test probe
 After=local-fs.target systemd-udev-settle.service
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c 'echo "replica-probe tpm=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none) \\
-  hostname=$(hostname) disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
+  hostname=$(hostname) mac=$(cat /sys/class/net/e*/address | head -n1) disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
 [Install]
 WantedBy=multi-user.target
 """

@@ -7,6 +7,8 @@ its serial console; it is idempotent, stops gracefully and leaves nothing when r
 from __future__ import annotations
 
 import os
+import re
+import time
 
 from conftest import VM_PACKAGES, run_module, seed_vm_images
 
@@ -32,7 +34,15 @@ def test_microvm_lifecycle(lab, lab_host):
     assert up["disk"].endswith("disk.raw")  # a reflink fork on the lab host's btrfs
     vm_dir = os.path.join(machine.directory, "var/lib/replica/vms/tiny1")
     assert os.path.exists(os.path.join(vm_dir, "seed.iso"))
-    assert "login:" in lab.exec(machine, ["cat", "/run/replica-vm/tiny1/serial.log"]).stdout
+    serial = lab.exec(machine, ["cat", "/run/replica-vm/tiny1/serial.log"]).stdout
+    assert "login:" in serial
+    deadline = time.monotonic() + 60  # the probe unit may print just after the login prompt
+    while " end" not in serial and time.monotonic() < deadline:
+        time.sleep(0.5)
+        serial = lab.exec(machine, ["cat", "/run/replica-vm/tiny1/serial.log"]).stdout
+    # the guest's NIC has the MAC derived from its name, and QEMU's user-mode address is reported
+    probe = dict(re.findall(r"(\w+)=(\S*)", serial[serial.index("replica-probe "):].splitlines()[0]))
+    assert probe["mac"] == up["mac"] and up["mac"].startswith("52:54:") and up["addresses"] == ["10.0.2.15"]
 
     rc, again = qv(spec)
     assert rc == 0 and not again["changed"]

@@ -61,3 +61,10 @@ def test_stopping_the_vm_stops_its_whole_set_gracefully(host):
     assert "Deactivated successfully" in log.splitlines()[-2:][0] or "Deactivated successfully" in log
     assert "SIGKILL" not in log.split("Stopping")[-1]
     host.check_output("systemctl start replica-vm@q1.service")
+
+
+def test_an_image_given_as_a_file_was_imported_as_raw(host):
+    info = json.loads(host.check_output(f"qemu-img info --output=json {IMAGES}/imported.raw"))
+    assert info["format"] == "raw" and info["virtual-size"] == 64 << 20
+    assert host.check_output(f"head -c 4096 {IMAGES}/imported.raw | tr -d a | wc -c") == "0"
+    assert not host.file(f"{IMAGES}/.imported.raw.partial").exists

@@ -174,3 +174,31 @@ def test_qemu_runs_hardened_with_only_its_folder_writable():
     dropin = units["replica-vm@tiny1.service.d/50-vm.conf"]
     assert "ReadWritePaths=/vms/tiny1\n" in dropin and "ReadWritePaths='/srv/data disk.raw'\n" in dropin
     assert "CapabilityBoundingSet" not in dropin  # user-mode networking needs no capability
+
+
+def test_macvtap_device_made_with_the_guests_mac_and_passed_as_fd_3():
+    spec = dict(MICRO, network={"type": "macvtap", "interface": "eno1"})
+    dropin = vm.render_dropin(spec, vm.build_argv(spec, "tcg"))
+    mac = vm.mac_for("tiny1")
+    assert f"ExecStartPre=+/sbin/ip link add link eno1 name vm-tiny1 address {mac} type macvtap mode bridge" in dropin
+    assert "ExecStopPost=+-/sbin/ip link delete vm-tiny1" in dropin
+    start = [line for line in dropin.splitlines() if line.startswith("ExecStart=/")][0]
+    # '$$' is systemd's literal '$': the shell opens the tap's character device as fd 3, then runs QEMU
+    assert start.startswith('ExecStart=/bin/sh -c "exec 3<>/dev/tap$$(cat /sys/class/net/vm-tiny1/ifindex) && exec \\"$$@\\"" qemu ')
+    assert "-netdev tap,id=n0,fd=3" in start and f"mac={mac}" in start
+    with pytest.raises(vm.VmError, match="network mode"):
+        vm.validate(dict(MICRO, network={"type": "macvtap", "interface": "eno1", "mode": "sideways"}))
+
+
+def test_link_local_is_eui64_of_the_mac():
+    assert vm.link_local("52:54:00:12:34:56") == "fe80::5054:ff:fe12:3456"
+
+
+def test_addresses_without_asking_the_guest():
+    user = vm.addresses(MICRO)
+    assert user == {"mac": vm.mac_for("tiny1"), "addresses": ["10.0.2.15"]}
+    tap = vm.addresses(dict(MICRO, network={"type": "tap", "bridge": "br0", "mac": "52:54:00:12:34:56"},
+                            cloud_init={"network_config": {"version": 2, "ethernets": {"eth0": {
+                                "addresses": ["10.0.0.5/24", "fd00::5/64"]}}}}))
+    assert tap == {"mac": "52:54:00:12:34:56", "addresses": ["10.0.0.5", "fd00::5", "fe80::5054:ff:fe12:3456"]}
+    assert vm.addresses(dict(MICRO, network={"type": "none"})) == {"mac": "", "addresses": []}
