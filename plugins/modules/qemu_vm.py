@@ -354,6 +354,8 @@ def main():
                 module.exit_json(**result)
             if running:
                 stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+            # helpers outlive a VM that crashed (PartOf= only carries a stop): stop them too
+            run(["systemctl", "stop", *helper_units(name)], check=False)
             run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
             for path in current:
                 os.unlink(path)
@@ -468,7 +470,9 @@ def main():
         if will_start:
             if running:
                 stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
-            run(["systemctl", "reset-failed", unit], check=False)
+            # a TPM left running by a VM that crashed would keep the old state: start afresh
+            run(["systemctl", "stop", *helper_units(name)], check=False)
+            run(["systemctl", "reset-failed", unit, *helper_units(name)], check=False)
             if os.path.exists(run_paths["serial_log"]):
                 os.unlink(run_paths["serial_log"])
             started = time.monotonic()
@@ -524,6 +528,12 @@ def current_units(name):
         if text is not None:
             found[path] = text
     return found
+
+
+def helper_units(name):
+    """The units of a VM's set besides the VM itself."""
+    return [f"replica-vm-swtpm@{name}.service", f"replica-vm-console@{name}.socket",
+            f"replica-vm-console@{name}.service", f"replica-vm-websockify@{name}.service"]
 
 
 def units_text(units):

@@ -174,7 +174,8 @@ After=local-fs.target systemd-udev-settle.service
 [Service]
 Type=oneshot
 ExecStart=/bin/sh -c 'echo "replica-probe tpm=$(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none) \\
-  hostname=$(hostname) mac=$(cat /sys/class/net/e*/address | head -n1) disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
+  hostname=$(hostname) mac=$(cat /sys/class/net/e*/address | head -n1) \\
+  disks=$(cd /sys/block && echo vd*) vdb=$(head -c 24 /dev/vdb 2>/dev/null | tr -dc a-z0-9-) end" > /dev/ttyS0'
 [Install]
 WantedBy=multi-user.target
 """

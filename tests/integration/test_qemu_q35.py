@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 from conftest import VM_PACKAGES, run_module, seed_vm_images
 
@@ -58,7 +59,8 @@ def test_q35_tpm_iscsi_web_console(lab, lab_host):
     assert "EFI v" in serial or "efi:" in serial  # booted by the UEFI firmware
 
     vm_dir = os.path.join(machine.directory, "var/lib/replica/vms/q1")
-    assert os.listdir(os.path.join(vm_dir, "tpm"))  # the TPM's state is in the VM's folder
+    tpm_state = sorted(os.listdir(os.path.join(vm_dir, "tpm")))
+    assert tpm_state  # the TPM's state is in the VM's folder
     assert lab.exec(machine, ["systemctl", "is-active", "replica-vm-swtpm@q1.service",
                               "replica-vm-console@q1.socket"]).stdout.split() == ["active", "active"]
 
@@ -69,6 +71,18 @@ def test_q35_tpm_iscsi_web_console(lab, lab_host):
 
     rc, again = qv(spec)
     assert rc == 0 and not again["changed"]
+
+    # QEMU crashes: the next converge starts the set afresh, and the guest has its TPM again
+    lab.exec(machine, ["systemctl", "kill", "--signal=SIGKILL", "replica-vm@q1.service"])
+    deadline = time.monotonic() + 30
+    while lab.exec(machine, ["systemctl", "is-active", "replica-vm@q1.service"], check=False).stdout.strip() == "active":
+        assert time.monotonic() < deadline, "QEMU did not die"
+        time.sleep(0.2)
+    rc, back = qv(spec)
+    assert rc == 0 and back["changed"] and back["state"] == "running", back
+    serial = lab.exec(machine, ["cat", "/run/replica-vm/q1/serial.log"]).stdout
+    assert "replica-probe tpm=2 " in serial
+    assert sorted(os.listdir(os.path.join(vm_dir, "tpm"))) == tpm_state  # its state files are kept
 
     # stop is graceful and takes the helpers with it
     rc, down = qv(dict(spec, state="stopped"))
