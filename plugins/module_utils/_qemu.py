@@ -12,6 +12,8 @@ import json
 import re
 import shlex
 
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing
+
 HEADER = "# Managed by replica.cloud.qemu_vm"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 RUN_DIR = "/run/replica-vm"
@@ -32,8 +34,7 @@ def check_name(name):
 
 def mac_for(name):
     """A stable, locally administered unicast MAC derived from the VM's name."""
-    digest = hashlib.sha256(f"replica-vm:{name}".encode()).digest()
-    return "52:54:" + ":".join(f"{b:02x}" for b in digest[:4])
+    return _addressing.mac_for(name, namespace="replica-vm")
 
 
 #: the guest's address on QEMU's user-mode network (behind QEMU's own NAT)
