@@ -400,8 +400,11 @@ def nested_subvolumes(root):
 
 def remove_tree(path, run):
     """Remove *path*: a btrfs subvolume with the subvolumes nested in it (read-only ones too),
-    or a plain folder."""
+    a plain folder, or a file."""
     if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
         return
     if Btrfs.is_subvolume(path):
         doomed = nested_subvolumes(path) + [path]
