@@ -59,7 +59,7 @@ def addresses(spec):
     kind = network.get("type", "user")
     if kind == "none":
         return {"mac": "", "addresses": []}
-    mac = network.get("mac") or mac_for(spec["name"])
+    mac = guest_mac(spec)
     found = []
 
     def collect(node):
@@ -220,6 +220,16 @@ ExecStartPost=/usr/bin/python3 -c {WAIT_LISTEN}
 }
 
 
+def instance_units(name):
+    """The units of VM *name*'s set: each template of TEMPLATES, instantiated."""
+    return [template.replace("@.", f"@{name}.") for template in TEMPLATES]
+
+
+def guest_mac(spec):
+    """The MAC of the VM's NIC: ``network.mac``, else the one derived from its name."""
+    return (spec.get("network") or {}).get("mac") or mac_for(spec["name"])
+
+
 def validate(spec):
     """Refuse what cannot work, with a message that says what to change."""
     check_name(spec["name"])
@@ -310,7 +320,7 @@ def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
                      "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0"]
     network = spec.get("network") or {"type": "user"}
     kind = network.get("type", "user")
-    mac = network.get("mac") or mac_for(name)
+    mac = guest_mac(spec)
     if kind == "user":
         argv += ["-netdev", "user,id=n0"]
     elif kind == "tap":
@@ -390,7 +400,7 @@ def render_dropin(spec, argv):
         # a macvtap device on the host interface with the guest's MAC; QEMU gets its character
         # device as file descriptor 3 (made here where no udev makes /dev/tapN)
         tap = tap_name(name)
-        mac = network.get("mac") or mac_for(name)
+        mac = guest_mac(spec)
         # '$$': a literal '$' for the shell (systemd expands '$NAME' itself)
         node = f"/dev/tap$$(cat /sys/class/net/{tap}/ifindex)"
         dev = f"/sys/class/net/{tap}/macvtap/tap*/dev"

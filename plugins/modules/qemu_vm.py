@@ -522,8 +522,8 @@ POWERDOWN = "import base64;exec(base64.b64decode('" + base64.b64encode(POWERDOWN
 def current_units(name):
     """The per-VM unit drop-ins there are now, ``{path: text}``."""
     found = {}
-    for kind in ("replica-vm@{}.service", "replica-vm-swtpm@{}.service", "replica-vm-console@{}.socket"):
-        path = os.path.join(SYSTEMD_DIR, kind.format(name) + ".d", "50-vm.conf")
+    for unit in vm.instance_units(name):
+        path = os.path.join(SYSTEMD_DIR, unit + ".d", "50-vm.conf")
         text = read(path)
         if text is not None:
             found[path] = text
@@ -532,8 +532,7 @@ def current_units(name):
 
 def helper_units(name):
     """The units of a VM's set besides the VM itself."""
-    return [f"replica-vm-swtpm@{name}.service", f"replica-vm-console@{name}.socket",
-            f"replica-vm-console@{name}.service", f"replica-vm-websockify@{name}.service"]
+    return [unit for unit in vm.instance_units(name) if unit != f"replica-vm@{name}.service"]
 
 
 def units_text(units):

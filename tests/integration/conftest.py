@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,11 @@ ExecStart=/bin/sh -c 'echo "replica-probe tpm=$(cat /sys/class/tpm/tpm0/tpm_vers
 [Install]
 WantedBy=multi-user.target
 """
+
+
+def probe_line(serial):
+    """``{key: value}`` of the probe unit's line in a VM's serial log."""
+    return dict(re.findall(r"(\w+)=(\S*)", serial[serial.index("replica-probe "):].splitlines()[0]))
 
 
 def seed_vm_images(lab, machine):

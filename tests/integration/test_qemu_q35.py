@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
-from conftest import VM_PACKAGES, run_module, seed_vm_images
+from conftest import VM_PACKAGES, probe_line, run_module, seed_vm_images
 
 IQN = "iqn.2026-11.cloud.replica.lab:disk1"
 SIGNATURE = b"replica-iscsi-lun-ok"
@@ -52,7 +51,7 @@ def test_q35_tpm_iscsi_web_console(lab, lab_host):
     rc, up = qv(spec)
     assert rc == 0 and up["changed"] and up["state"] == "running" and up["ready_seconds"] > 0, up
     serial = lab.exec(machine, ["cat", "/run/replica-vm/q1/serial.log"]).stdout
-    probe = dict(re.findall(r"(\w+)=(\S*)", serial[serial.index("replica-probe "):].splitlines()[0]))
+    probe = probe_line(serial)
     assert probe["tpm"] == "2"  # the guest sees a TPM 2.0
     assert probe["disks"] == "vda" or probe["disks"].startswith("vda")
     assert probe["vdb"] == SIGNATURE.decode()  # the iSCSI LUN is the guest's second disk

@@ -7,10 +7,9 @@ its serial console; it is idempotent, stops gracefully and leaves nothing when r
 from __future__ import annotations
 
 import os
-import re
 import time
 
-from conftest import VM_PACKAGES, run_module, seed_vm_images
+from conftest import VM_PACKAGES, probe_line, run_module, seed_vm_images
 
 
 def test_microvm_lifecycle(lab, lab_host):
@@ -41,7 +40,7 @@ def test_microvm_lifecycle(lab, lab_host):
         time.sleep(0.5)
         serial = lab.exec(machine, ["cat", "/run/replica-vm/tiny1/serial.log"]).stdout
     # the guest's NIC has the MAC derived from its name, and QEMU's user-mode address is reported
-    probe = dict(re.findall(r"(\w+)=(\S*)", serial[serial.index("replica-probe "):].splitlines()[0]))
+    probe = probe_line(serial)
     assert probe["mac"] == up["mac"] and up["mac"].startswith("52:54:") and up["addresses"] == ["10.0.2.15"]
 
     rc, again = qv(spec)

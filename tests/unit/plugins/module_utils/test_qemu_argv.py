@@ -202,3 +202,10 @@ def test_addresses_without_asking_the_guest():
                                 "addresses": ["10.0.0.5/24", "fd00::5/64"]}}}}))
     assert tap == {"mac": "52:54:00:12:34:56", "addresses": ["10.0.0.5", "fd00::5", "fe80::5054:ff:fe12:3456"]}
     assert vm.addresses(dict(MICRO, network={"type": "none"})) == {"mac": "", "addresses": []}
+
+
+def test_instance_units_are_the_templates_instantiated():
+    assert vm.instance_units("q1") == ["replica-vm@q1.service", "replica-vm-swtpm@q1.service", "replica-vm-console@q1.socket",
+                                       "replica-vm-console@q1.service", "replica-vm-websockify@q1.service"]
+    assert vm.guest_mac({"name": "q1"}) == vm.mac_for("q1")
+    assert vm.guest_mac({"name": "q1", "network": {"mac": "52:54:00:00:00:01"}}) == "52:54:00:00:00:01"
