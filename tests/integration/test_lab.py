@@ -36,6 +36,15 @@ def test_boots_full_systemd_with_network(lab, lab_host):
     image = os.path.join(lab.images, machine.image)
     assert not os.path.exists(os.path.join(image, "etc/replica-probe"))
     assert os.path.exists(os.path.join(machine.directory, "etc/replica-probe"))
+    # the clock is the host's: a service in the lab host may not call settimeofday() (with a time
+    # zone only, it once warped the CI machine's clock; the zero zone asked here would not)
+    setter = ("import ctypes, errno, time\n"
+              "class TZ(ctypes.Structure): _fields_ = [('w', ctypes.c_int), ('d', ctypes.c_int)]\n"
+              "libc = ctypes.CDLL(None, use_errno=True)\n"
+              "rc = libc.settimeofday(None, ctypes.byref(TZ(0, 0)))\n"
+              "print('refused' if rc != 0 and ctypes.get_errno() == errno.EPERM else 'set')\n")
+    out = lab.exec(machine, ["systemd-run", "--wait", "--pipe", "--quiet", "/usr/bin/python3", "-c", setter]).stdout
+    assert out.strip() == "refused"
 
 
 def test_nested_work_loop_btrfs_and_nspawn(lab, lab_host):
