@@ -176,8 +176,8 @@ def network_file(spec):
     lines = ["# Managed by replica.cloud.nspawn_machine (first boot)", "[Match]", f"Name={iface}", "",
              "[Network]"]
     lines += [f"Address={a}" for a in addresses]
-    if network.get("gateway"):
-        lines.append(f"Gateway={network['gateway']}")
+    gateways = network.get("gateway") or []
+    lines += [f"Gateway={g}" for g in ([gateways] if isinstance(gateways, str) else gateways)]
     lines += [f"DNS={d}" for d in network.get("dns") or []]
     lines += ["LinkLocalAddressing=no", "IPv6AcceptRA=no"]
     return "\n".join(lines) + "\n"

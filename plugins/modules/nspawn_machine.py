@@ -79,7 +79,7 @@ options:
     description:
       - C(type) V(veth) (private veth pair, default), V(bridge) (with C(bridge)), V(macvlan)
         (with C(interface), a host interface), V(none), V(host).
-      - C(addresses) (static, C(ADDRESS/PREFIX)), C(gateway), C(dns); DHCP when no addresses.
+      - C(addresses) (static, C(ADDRESS/PREFIX)), C(gateway) (one address or a list, e.g. an IPv4 and an IPv6 gateway), C(dns); DHCP when no addresses.
     type: dict
   binds:
     description: Host paths bound read-write, C(SRC) or C(SRC:DEST) or C({src, dest}).

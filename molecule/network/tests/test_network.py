@@ -1,0 +1,201 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""replica.cloud.network in a lab host: two segments (lan, dmz) with machines in each. Names
+resolve in their zone and across zones through unbound, addresses are the addressing
+functions' output, the firewall lets dmz reach lan's port 443 and nothing else across, stray
+DNS is answered locally, mDNS names answer, and the services are hardened."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import pathlib
+import re
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / ".collections"))
+
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing  # noqa: E402  pylint: disable=wrong-import-position
+
+DOMAIN = "mol.home.arpa"
+SEGMENTS = {"lan": ("10.20.1.0/24", "fd00:20:1::/64"), "dmz": ("10.20.2.0/24", "fd00:20:2::/64")}
+MACHINES = {"web1": "lan", "app1": "lan", "edge1": "dmz", "dhcp1": "dmz"}
+STATIC = ["app1", "edge1", "web1"]
+
+
+def inside(host, machine, command):
+    return host.run(f"systemd-run -M {machine} --wait --pipe --quiet /bin/sh -c '{command}'")
+
+
+def dig(host, machine, server, name, rtype="A", port=53):
+    out = inside(host, machine, f"dig +short +time=2 +tries=2 -p {port} @{server} {name} {rtype}")
+    return out.stdout.strip()
+
+
+def record(host, machine):
+    """(ipv4, ipv6) recorded for the machine in its segment's hosts folder."""
+    text = host.file(f"/etc/replica/network/{MACHINES[machine]}/hosts/{machine}").content_string
+    found = re.findall(r"^([0-9a-f:.]+) ", text, re.M)
+    return [a for a in found if ipaddress.ip_address(a).version == 4][0], [a for a in found if ipaddress.ip_address(a).version == 6][0]
+
+
+def connects(host, source, target, port, family):
+    """Whether *source* gets the page from *target*:*port* over IPv4 or IPv6 (by name)."""
+    fqdn = f"{target}.{MACHINES[target]}.{DOMAIN}"
+    out = inside(host, source, f"curl -{family} -sS -m 5 --retry 10 --retry-connrefused --retry-delay 0 --retry-max-time 20 "
+                               f"http://{fqdn}:{port}/")
+    if out.rc == 0:
+        return out.stdout.strip() == "hello from the machine"
+    return False
+
+
+def refused(host, source, target, port, family):
+    """Whether the connection is refused at once by the firewall (ICMP admin-prohibited)."""
+    fqdn = f"{target}.{MACHINES[target]}.{DOMAIN}"
+    out = inside(host, source, f"curl -{family} -sS -m 5 http://{fqdn}:{port}/")
+    return out.rc == 7 and ("Couldn't connect" in out.stderr or "No route" in out.stderr)
+
+
+def test_bridges_carry_the_gateways(host):
+    for segment, (ipv4, ipv6) in SEGMENTS.items():
+        data = json.loads(host.check_output(f"ip -j addr show br-{segment}"))[0]
+        addresses = {a["local"] for a in data["addr_info"]}
+        assert str(ipaddress.ip_network(ipv4).network_address + 1) in addresses
+        assert str(ipaddress.ip_network(ipv6).network_address + 1) in addresses
+    # declared to systemd-networkd, not made by hand: they come back after a reboot
+    assert "br-lan" in host.check_output("networkctl list --no-legend")
+    assert host.file("/etc/systemd/network/50-replica-br-lan.netdev").exists
+
+
+@pytest.mark.parametrize("machine", STATIC)
+def test_ipv6_address_is_the_functions_output(host, machine):
+    ipv4_net, ipv6_net = SEGMENTS[MACHINES[machine]]
+    expected = _addressing.ipv6_for(machine, ipv6_net)
+    assert record(host, machine)[1] == expected
+    out = inside(host, machine, "ip -j addr show host0").stdout
+    addresses = {a["local"] for a in json.loads(out)[0]["addr_info"]}
+    assert expected in addresses
+    assert record(host, machine)[0] in addresses
+    assert ipaddress.ip_address(record(host, machine)[0]) in ipaddress.ip_network(ipv4_net)
+
+
+def test_dhcp_gives_the_recorded_address(host):
+    ipv4, _ipv6 = record(host, "dhcp1")
+    deadline = time.monotonic() + 20
+    found = set()
+    while time.monotonic() < deadline and ipv4 not in found:
+        out = inside(host, "dhcp1", "ip -j -4 addr show host0").stdout or "[]"
+        found = {a["local"] for a in json.loads(out)[0]["addr_info"]} if json.loads(out) else set()
+        time.sleep(0.5)
+    assert ipv4 in found
+    assert f"{ipv4} " in host.file("/var/lib/replica-network/dmz/dnsmasq.leases").content_string
+
+
+def test_names_resolve_in_their_zone(host):
+    ipv4, ipv6 = record(host, "web1")
+    assert dig(host, "app1", "10.20.1.1", f"web1.lan.{DOMAIN}") == ipv4
+    assert dig(host, "app1", "10.20.1.1", f"web1.lan.{DOMAIN}", "AAAA") == ipv6
+    # through the machine's own resolver configuration (the segment's search domain)
+    assert ipv6 in inside(host, "app1", "getent ahosts web1").stdout
+    # reverse
+    assert dig(host, "app1", "10.20.1.1", f"-x {ipv4}", "") == f"web1.lan.{DOMAIN}."
+
+
+def test_names_resolve_across_zones_through_the_resolver(host):
+    edge4, edge6 = record(host, "edge1")
+    web4, _web6 = record(host, "web1")
+    assert dig(host, "app1", "10.20.1.1", f"edge1.dmz.{DOMAIN}") == edge4
+    assert dig(host, "edge1", "fd00:20:2::1", f"web1.lan.{DOMAIN}") == web4
+    assert edge6 in host.check_output(f"dig +short @127.0.0.1 edge1.dmz.{DOMAIN} AAAA")
+
+
+def test_dns_aimed_at_an_outside_resolver_is_answered_locally(host):
+    web4, web6 = record(host, "web1")
+    # TEST-NET and documentation addresses: nothing answers there, the redirect does
+    assert dig(host, "edge1", "192.0.2.53", f"web1.lan.{DOMAIN}") == web4
+    assert dig(host, "app1", "2001:db8::53", f"web1.lan.{DOMAIN}", "AAAA") == web6
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+@pytest.mark.parametrize("source,target,port,allowed", [
+    ("app1", "web1", 8080, True),     # within a segment: everything
+    ("edge1", "web1", 443, True),     # the rule dmz -> lan tcp/443
+    ("edge1", "web1", 8080, False),   # not in the rule
+    ("web1", "edge1", 443, False),    # lan -> dmz: no rule at all
+    ("app1", "edge1", 8080, False),
+])
+def test_segmentation_matrix(host, source, target, port, allowed, family):
+    if allowed:
+        assert connects(host, source, target, port, family)
+    else:
+        assert refused(host, source, target, port, family)
+
+
+def test_ingress_opens_a_host_port_for_its_segment_only(host):
+    unit = "mol-listener-8443"
+    host.check_output(f"systemd-run --unit={unit} --property=WorkingDirectory=/srv /usr/bin/python3 -m http.server 8443 --bind ::")
+    try:
+        probe = "curl -sS -m 5 -o /dev/null -w %{{http_code}} --retry 10 --retry-connrefused --retry-delay 0 http://{}:8443/"
+        assert inside(host, "app1", probe.format("10.20.1.1")).stdout.strip() in ("200", "404")
+        assert refused_host(host, "edge1", "10.20.2.1", 8443)
+    finally:
+        host.run(f"systemctl stop {unit}")
+
+
+def refused_host(host, source, address, port):
+    out = inside(host, source, f"curl -sS -m 5 http://{address}:{port}/")
+    return out.rc == 7
+
+
+def test_the_firewall_keeps_ssh_and_loads_in_one_table(host):
+    ruleset = host.check_output("nft list table inet replica")
+    assert 'tcp dport 22 accept comment "SSH stays reachable"' in ruleset
+    assert "policy drop" in ruleset
+    assert host.run("nft -c -f /etc/replica/network/replica.nft").rc == 0
+    assert host.service("replica-firewall.service").is_enabled
+
+
+def test_mdns_answers_for_the_instances(host):
+    _web4, web6 = record(host, "web1")
+    edge4, _edge6 = record(host, "edge1")
+    # a legacy unicast mDNS query to the host's responder, from both segments
+    assert dig(host, "app1", "10.20.1.1", "web1.local", "AAAA", port=5353) == web6
+    assert dig(host, "app1", "10.20.1.1", "edge1.local", "A", port=5353) == edge4
+
+
+@pytest.mark.parametrize("unit,limit", [("replica-dnsmasq@lan.service", 3.0), ("unbound.service", 2.5),
+                                        ("avahi-daemon.service", 3.0)])
+def test_services_are_hardened(host, unit, limit):
+    assert host.service(unit).is_running
+    out = host.check_output(f"systemd-analyze security --no-pager {unit}")
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    assert exposure <= limit, out.splitlines()[-1]
+
+
+def test_dnsmasq_runs_unprivileged_and_unbound_validates(host):
+    pid = host.check_output("systemctl show --property=MainPID --value replica-dnsmasq@lan.service")
+    assert host.check_output(f"ps -o user= -p {pid}") == "dnsmasq"
+    # the configuration is the collection's, mounted read-only over the packaged file in the
+    # service's mount namespace
+    root = f"/proc/{host.check_output('systemctl show -p MainPID --value unbound.service')}/root"
+    assert 'module-config: "validator iterator"' in host.file(f"{root}/etc/unbound/unbound.conf").content_string
+    assert host.run(f"sh -c 'echo x >> {root}/etc/unbound/unbound.conf'").rc != 0
+
+
+def test_a_new_name_appears_without_a_restart(host):
+    started = host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value replica-dnsmasq@lan.service")
+    path = "/etc/replica/network/lan/hosts/probe"
+    host.check_output(f"sh -c 'echo \"10.20.1.250 probe.lan.{DOMAIN} probe\" > {path}'")
+    try:
+        deadline = time.monotonic() + 10
+        answer = ""
+        while time.monotonic() < deadline and answer != "10.20.1.250":
+            answer = host.check_output(f"dig +short @127.0.0.1 -p 5301 probe.lan.{DOMAIN}")
+            time.sleep(0.2)
+        assert answer == "10.20.1.250"
+    finally:
+        host.run(f"rm -f {path}")
+    assert host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value replica-dnsmasq@lan.service") == started

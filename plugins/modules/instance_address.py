@@ -1,0 +1,278 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: instance_address
+short_description: An instance's deterministic addresses and its name in its segment's DNS zone
+version_added: 0.1.0
+description:
+  - Gives a container or VM its addresses in a network segment made by the
+    M(replica.cloud.network) role, and its name in the segment's zone
+    (C(NAME.SEGMENT.DOMAIN)), and takes them away again.
+  - The IPv6 and IPv4 addresses are derived from the instance's name and the segment's prefix
+    by the functions of C(plugins/module_utils/_addressing.py) (SHA-256 host bits; network,
+    gateway and broadcast addresses never given), the same as the
+    C(replica.cloud.instance_ipv6) and C(replica.cloud.instance_ipv4) filters. An address
+    already recorded for another instance of the segment counts as taken, so a collision
+    hashes again; an instance keeps the addresses it was given as long as its record exists.
+  - The record is a hosts file in the segment's C(hosts) folder, which the segment's dnsmasq
+    watches (the name resolves at once, and is gone as soon as the file is removed), and a DHCP
+    reservation in its C(dhcp-hosts) folder (so an instance that asks by DHCP gets the same IPv4
+    address).
+  - Reads the segments from C(segments.json) in O(config_dir), written by the network role.
+author: replica.cloud contributors (@replica-cloud)
+options:
+  name:
+    description: The instance's name (a host name label).
+    type: str
+    required: true
+  segment:
+    description: The segment, as declared in C(network_segments).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) - the instance has its addresses and its name.
+      - V(absent) - its record is removed and its name no longer resolves.
+    type: str
+    choices: [present, absent]
+    default: present
+  mac:
+    description:
+      - The MAC address of the instance's NIC in the segment, to make the DHCP reservation by
+        MAC instead of by the host name the client sends.
+    type: str
+  config_dir:
+    description: Where the network role keeps the segments' configuration.
+    type: path
+    default: /etc/replica/network
+  avahi_hosts:
+    description:
+      - The avahi static hosts file. In a segment with mDNS the instance is published there as
+        C(NAME.local) (a managed block; the rest of the file is kept) and avahi reloads it.
+        Nothing is written where the file does not exist (avahi is not installed).
+    type: path
+    default: /etc/avahi/hosts
+attributes:
+  check_mode:
+    description: Reports the addresses and records it would write or remove, and writes nothing.
+    support: full
+  diff_mode:
+    description: Shows the instance's records (and the mDNS block) before and after.
+    support: full
+notes:
+  - Standard library only; the DHCP reservation of a removed instance is dropped by a SIGHUP to
+    the segment's dnsmasq (C(replica-dnsmasq@SEGMENT.service)) when it runs.
+"""
+
+EXAMPLES = r"""
+- name: Addresses and a name for web1 in the lan segment
+  replica.cloud.instance_address:
+    name: web1
+    segment: lan
+  register: web1_address
+
+- name: A container with them
+  replica.cloud.nspawn_machine:
+    name: web1
+    image: debian-12
+    network: "{{ web1_address.network }}"
+
+- name: Remove the name
+  replica.cloud.instance_address:
+    name: web1
+    segment: lan
+    state: absent
+"""
+
+RETURN = r"""
+ipv4:
+  description: The instance's IPv4 address (none when the segment has no IPv4 subnet).
+  returned: state is present
+  type: str
+  sample: 10.20.1.57
+ipv6:
+  description: The instance's IPv6 address (none when the segment has no IPv6 prefix).
+  returned: state is present
+  type: str
+  sample: fd00:20:1::5c1e:9a0b:3f2d:71c4
+fqdn:
+  description: The instance's name in the segment's zone.
+  returned: always
+  type: str
+  sample: web1.lan.host1.home.arpa
+network:
+  description: The network option for M(replica.cloud.nspawn_machine) (bridge, static addresses, gateways, DNS).
+  returned: state is present
+  type: dict
+  sample: {type: bridge, bridge: br-lan, addresses: [10.20.1.57/24], gateway: [10.20.1.1], dns: [10.20.1.1]}
+zone:
+  description: The segment's DNS zone.
+  returned: always
+  type: str
+  sample: lan.host1.home.arpa
+bridge:
+  description: The segment's bridge.
+  returned: always
+  type: str
+  sample: br-lan
+"""
+
+import json
+import os
+import signal
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _network
+from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _taken(hosts_dir, name):
+    """Addresses recorded for the segment's other instances."""
+    taken = []
+    try:
+        entries = sorted(os.listdir(hosts_dir))
+    except FileNotFoundError:
+        return taken
+    for entry in entries:
+        if entry == name or entry.startswith("."):
+            continue
+        taken += [a for a in _network.parse_hosts(read_text(os.path.join(hosts_dir, entry))) if a]
+    return taken
+
+
+def _reload_dnsmasq(module, segment):
+    unit = f"replica-dnsmasq@{segment}.service"
+    rc, out, _err = module.run_command(["systemctl", "show", "--property=MainPID", "--value", unit],
+                                       environ_update={"LC_ALL": "C"})
+    pid = int(out.strip() or 0) if rc == 0 and out.strip().isdigit() else 0
+    if pid:
+        os.kill(pid, signal.SIGHUP)
+
+
+def _avahi_records(config_dir, segments, changed_segment, name, records):
+    """All instances of the mDNS segments, with *name*'s new *records* in *changed_segment*."""
+    out = []
+    for seg_name in sorted(segments):
+        if not segments[seg_name].get("mdns"):
+            continue
+        hosts_dir = os.path.join(config_dir, seg_name, "hosts")
+        try:
+            entries = sorted(e for e in os.listdir(hosts_dir) if not e.startswith("."))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if seg_name == changed_segment and entry == name:
+                continue
+            out.append((entry,) + _network.parse_hosts(read_text(os.path.join(hosts_dir, entry))))
+        if seg_name == changed_segment and records:
+            out.append((name,) + records)
+    return out
+
+
+def _write_in_place(path, content):
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(content)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "segment": {"type": "str", "required": True},
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "mac": {"type": "str"},
+            "config_dir": {"type": "path", "default": "/etc/replica/network"},
+            "avahi_hosts": {"type": "path", "default": "/etc/avahi/hosts"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    name, segment_name = params["name"], params["segment"]
+    if not name or len(name) > 63 or set(name) - _NAME_CHARS or name[0] == "-" or name[-1] == "-":
+        module.fail_json(msg=f"name {name!r} must be a host name label: lower case letters, digits and '-', at most 63")
+    text = read_text(os.path.join(params["config_dir"], "segments.json"))
+    if text is None:
+        module.fail_json(msg=f"{params['config_dir']}/segments.json is missing: converge the replica.cloud.network "
+                             f"role on this host first (it declares the segments)")
+    segments = json.loads(text)["segments"]
+    if segment_name not in segments:
+        module.fail_json(msg=f"segment {segment_name!r} is not declared on this host (declared: "
+                             f"{', '.join(sorted(segments)) or 'none'}): add it to network_segments")
+    segment = segments[segment_name]
+    hosts_path = os.path.join(params["config_dir"], segment_name, "hosts", name)
+    dhcp_path = os.path.join(params["config_dir"], segment_name, "dhcp-hosts", name)
+    before_hosts, before_dhcp = read_text(hosts_path), read_text(dhcp_path)
+    fqdn = f"{name}.{segment['zone']}"
+    result = {"changed": False, "fqdn": fqdn, "zone": segment["zone"], "bridge": segment["bridge"]}
+
+    avahi_path = params["avahi_hosts"]
+    avahi_before = read_text(avahi_path) if segment.get("mdns") else None
+
+    def sync_avahi(records):
+        """Publish the mDNS segments' instances as NAME.local (in place: avahi may hold the file)."""
+        if not segment.get("mdns") or avahi_before is None:
+            return False
+        after = _network.avahi_hosts(avahi_before, _avahi_records(params["config_dir"], segments, segment_name, name, records))
+        if after == avahi_before:
+            return False
+        result["diff"]["before"] += avahi_before
+        result["diff"]["after"] += after
+        if not module.check_mode:
+            _write_in_place(avahi_path, after)
+            rc, _out, _err = module.run_command(["systemctl", "is-active", "--quiet", "avahi-daemon.service"])
+            if rc == 0:
+                module.run_command(["avahi-daemon", "--reload"], environ_update={"LC_ALL": "C"})
+        return True
+
+    if params["state"] == "absent":
+        result["changed"] = before_hosts is not None or before_dhcp is not None
+        result["diff"] = {"before": (before_hosts or "") + (before_dhcp or ""), "after": ""}
+        if result["changed"] and not module.check_mode:
+            for path in (hosts_path, dhcp_path):
+                if os.path.lexists(path):
+                    os.unlink(path)
+            if before_dhcp is not None:
+                _reload_dnsmasq(module, segment_name)
+        result["changed"] = sync_avahi(None) or result["changed"]
+        module.exit_json(**result)
+
+    ipv4, ipv6 = _network.parse_hosts(before_hosts)
+    taken = _taken(os.path.dirname(hosts_path), name)
+    try:
+        if segment["ipv4"] and not ipv4:
+            ipv4 = _addressing.ipv4_for(name, segment["ipv4"], taken=taken)
+        if segment["ipv6"] and not ipv6:
+            ipv6 = _addressing.ipv6_for(name, segment["ipv6"], taken=taken)
+    except _addressing.AddressError as exc:
+        module.fail_json(msg=f"segment {segment_name}: {exc}")
+    hosts, dhcp = _network.instance_records(name, segment, ipv4=ipv4, ipv6=ipv6, mac=params["mac"])
+    result["changed"] = hosts != before_hosts or dhcp != before_dhcp
+    result["diff"] = {"before": (before_hosts or "") + (before_dhcp or ""), "after": hosts + (dhcp or "")}
+    if result["changed"] and not module.check_mode:
+        write_text(hosts_path, hosts)
+        if dhcp is None:
+            if os.path.lexists(dhcp_path):
+                os.unlink(dhcp_path)
+        else:
+            write_text(dhcp_path, dhcp)
+    result["changed"] = sync_avahi((ipv4, ipv6)) or result["changed"]
+    gateways = [g for g in (segment["gateway4"] if ipv4 else None, segment["gateway6"] if ipv6 else None) if g]
+    addresses = []
+    if ipv4:
+        addresses.append(f"{ipv4}/{segment['prefixlen4']}")
+    if ipv6:
+        addresses.append(f"{ipv6}/{segment['prefixlen6']}")
+    result.update(ipv4=ipv4, ipv6=ipv6, network={"type": "bridge", "bridge": segment["bridge"], "addresses": addresses,
+                                                 "gateway": gateways, "dns": gateways})
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
