@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.replica.cloud.plugins.module_utils import _network
@@ -15,7 +17,23 @@ _RENDERERS = {
     "nftables": _network.nft_ruleset,
     "avahi": _network.avahi_conf,
     "segments_json": _network.segments_json,
+    "instance_sets_json": _network.instance_sets_json,
+    "instance_sets": _network.instance_sets,
+    "instances_nft": lambda sets, hosts: _network.instances_nft_from_hosts(sets, _hosts_texts(hosts)),
 }
+
+
+def _hosts_texts(hosts):
+    """``{"SEGMENT/NAME": text}`` from a dict of texts, or from slurp results over instance_sets
+    items (a missing record, slurp failed, is left out)."""
+    if isinstance(hosts, dict):
+        return hosts
+    out = {}
+    for result in hosts or []:
+        spec = result["item"]["value"]
+        if result.get("content"):
+            out[f"{spec['segment']}/{spec['instance']}"] = base64.b64decode(result["content"]).decode()
+    return out
 
 
 def network_topology(segments, rules=None, ingress=None, domain="home.arpa"):

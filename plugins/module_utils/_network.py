@@ -23,6 +23,7 @@ HEADER = "Managed by replica.cloud.network"
 #: dnsmasq of the n-th segment answers on 127.0.0.1:(DNS_PORT_BASE + n)
 DNS_PORT_BASE = 5301
 _SEGMENT_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_INSTANCE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PROTOS = ("tcp", "udp")
@@ -139,18 +140,25 @@ def check_topology(segments, rules=(), ingress=(), domain="home.arpa"):
         unknown = sorted(set(rule) - _RULE_KEYS)
         if unknown:
             raise NetworkError(f"{where}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(_RULE_KEYS))})")
+        ends = {}
         for end in ("from", "to"):
-            if rule.get(end) not in names:
-                raise NetworkError(f"{where}: {end} names segment {rule.get(end)!r}, which is not declared "
+            segment, slash, instance = str(rule.get(end) or "").partition("/")
+            if segment not in names:
+                raise NetworkError(f"{where}: {end} names segment {segment!r}, which is not declared "
                                    f"(declared: {', '.join(sorted(names)) or 'none'})")
-        if rule["from"] == rule["to"]:
+            if slash and not _INSTANCE_RE.match(instance):
+                raise NetworkError(f"{where}: {end} {rule.get(end)!r} must be SEGMENT or SEGMENT/INSTANCE, "
+                                   f"the instance a host name label")
+            ends[end] = (segment, instance or None)
+        if ends["from"][0] == ends["to"][0]:
             raise NetworkError(f"{where}: a segment always reaches itself; a rule needs two segments")
         ports = _ports(rule["port"], where) if rule.get("port") is not None else []
         if not ports and str(rule.get("proto") or "any").lower() == "any":
             proto = "any"
         else:
             proto = _proto(rule.get("proto"), where)
-        checked_rules.append({"from": rule["from"], "to": rule["to"], "proto": proto, "ports": ports,
+        checked_rules.append({"from": ends["from"][0], "to": ends["to"][0], "proto": proto, "ports": ports,
+                              "from_instance": ends["from"][1], "to_instance": ends["to"][1],
                               "comment": str(rule.get("comment") or "")})
     checked_ingress = []
     for index, entry in enumerate(ingress or []):
@@ -308,6 +316,8 @@ def nft_ruleset(topology, ssh_ports=(22,), input_policy="drop"):
     ssh = [str(p) for p in ssh_ports] or ["22"]
     lines = [f"# {HEADER}: loaded in one transaction by replica-firewall.service",
              "table inet replica", "delete table inet replica", "", "table inet replica {"]
+    for name, spec in sorted(instance_sets(topology).items()):
+        lines.append(f"  set {name} {{ type {'ipv4_addr' if spec['family'] == 4 else 'ipv6_addr'}; }}")
     lines += ["  chain input {", f"    type filter hook input priority filter; policy {input_policy};",
               "    iif lo accept", "    ct state established,related accept", "    ct state invalid drop",
               "    meta l4proto { icmp, ipv6-icmp } accept",
@@ -338,7 +348,8 @@ def nft_ruleset(topology, ssh_ports=(22,), input_policy="drop"):
             else:
                 match = "" if rule["proto"] == "any" else f" meta l4proto {rule['proto']}"
             comment = f' comment "{rule["comment"]}"' if rule["comment"] else ""
-            lines.append(f'    iifname "{src["bridge"]}" oifname "{dst["bridge"]}"{match} accept{comment}')
+            for addresses in _rule_address_matches(rule, src, dst):
+                lines.append(f'    iifname "{src["bridge"]}" oifname "{dst["bridge"]}"{addresses}{match} accept{comment}')
         egress = [s["bridge"] for s in segments if s["nat"]]
         if egress:
             lines.append(f"    iifname {_quoted(egress)} oifname != {_quoted(bridges)} accept")
@@ -361,6 +372,67 @@ def nft_ruleset(topology, ssh_ports=(22,), input_policy="drop"):
                     lines.append(f"    {family} saddr {net} oifname != {_quoted(bridges)} masquerade")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def set_name(family, segment, instance):
+    """The nft set holding an instance's addresses of one family, for the rules that name it."""
+    return f"i{family}_{segment}_{instance.replace('-', '_')}"
+
+
+def _rule_address_matches(rule, src, dst):
+    """The address matches of a rule line: one empty match for a segment-to-segment rule, else
+    one per family both ends have (an instance's addresses are in its nft sets)."""
+    if not rule["from_instance"] and not rule["to_instance"]:
+        return [""]
+    out = []
+    for family, keyword in ((4, "ip"), (6, "ip6")):
+        if not (src[f"gateway{family}"] and dst[f"gateway{family}"]):
+            continue
+        match = ""
+        if rule["from_instance"]:
+            match += f" {keyword} saddr @{set_name(family, rule['from'], rule['from_instance'])}"
+        if rule["to_instance"]:
+            match += f" {keyword} daddr @{set_name(family, rule['to'], rule['to_instance'])}"
+        out.append(match)
+    return out
+
+
+def instance_sets(topology):
+    """``{set name: {segment, instance, family}}`` for every instance the rules name."""
+    by_name = {s["name"]: s for s in topology["segments"]}
+    out = {}
+    for rule in topology["rules"]:
+        for end in ("from", "to"):
+            instance = rule.get(f"{end}_instance")
+            if not instance:
+                continue
+            for family in (4, 6):
+                if by_name[rule[end]][f"gateway{family}"]:
+                    out[set_name(family, rule[end], instance)] = {"segment": rule[end], "instance": instance, "family": family}
+    return out
+
+
+def instance_sets_json(topology):
+    """What the modules read to keep the instances' nft sets filled."""
+    return json.dumps(instance_sets(topology), indent=2, sort_keys=True) + "\n"
+
+
+def instances_nft(sets, records):
+    """The nft script that fills the instance sets (one transaction): each set is flushed, then
+    gets the recorded addresses of its instance (*records*: ``{"SEGMENT/NAME": (ipv4, ipv6)}``)."""
+    lines = [f"# {HEADER}: the addresses of the instances the rules name (instance_address keeps this file)"]
+    for name in sorted(sets):
+        spec = sets[name]
+        lines.append(f"flush set inet replica {name}")
+        address = (records.get(f"{spec['segment']}/{spec['instance']}") or (None, None))[0 if spec["family"] == 4 else 1]
+        if address:
+            lines.append(f"add element inet replica {name} {{ {address} }}")
+    return "\n".join(lines) + "\n"
+
+
+def instances_nft_from_hosts(sets, hosts_texts):
+    """instances_nft from the instances' hosts files ``{"SEGMENT/NAME": text or None}``."""
+    return instances_nft(sets, {key: parse_hosts(text) for key, text in (hosts_texts or {}).items() if text})
 
 
 def avahi_conf(topology):

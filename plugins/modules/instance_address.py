@@ -22,6 +22,8 @@ description:
     watches (the name resolves at once, and is gone as soon as the file is removed), and a DHCP
     reservation in its C(dhcp-hosts) folder (so an instance that asks by DHCP gets the same IPv4
     address).
+  - Where the firewall rules of the network role name the instance (C(SEGMENT/NAME)), its
+    addresses go into the nft sets those rules match on (C(instances.nft), loaded at once).
   - Reads the segments from C(segments.json) in O(config_dir), written by the network role.
 author: replica.cloud contributors (@replica-cloud)
 options:
@@ -181,6 +183,33 @@ def _write_in_place(path, content):
         handle.write(content)
 
 
+def _sync_instance_sets(module, config_dir, result):
+    """Refill the nft sets of the instances the firewall rules name (instances.nft, written by
+    the same function the role uses) and load it into the running table."""
+    text = read_text(os.path.join(config_dir, "instance-sets.json"))
+    if text is None:
+        return False
+    sets = json.loads(text)
+    hosts = {f"{v['segment']}/{v['instance']}": read_text(os.path.join(config_dir, v["segment"], "hosts", v["instance"]))
+             for v in sets.values()}
+    after = _network.instances_nft_from_hosts(sets, hosts)
+    path = os.path.join(config_dir, "instances.nft")
+    before = read_text(path)
+    if after == before:
+        return False
+    result["diff"]["before"] += before or ""
+    result["diff"]["after"] += after
+    if not module.check_mode:
+        write_text(path, after)
+        rc, _out, _err = module.run_command(["systemctl", "is-active", "--quiet", "replica-firewall.service"])
+        if rc == 0:
+            rc, _out, err = module.run_command(["nft", "-f", path], environ_update={"LC_ALL": "C"})
+            if rc != 0:
+                module.fail_json(msg=f"the instance sets in {path} do not load ({err.strip()}): converge the "
+                                     f"replica.cloud.network role again to renew the firewall's sets", **result)
+    return True
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -241,6 +270,7 @@ def main():
             if before_dhcp is not None:
                 _reload_dnsmasq(module, segment_name)
         result["changed"] = sync_avahi(None) or result["changed"]
+        result["changed"] = _sync_instance_sets(module, params["config_dir"], result) or result["changed"]
         module.exit_json(**result)
 
     ipv4, ipv6 = _network.parse_hosts(before_hosts)
@@ -263,6 +293,8 @@ def main():
         else:
             write_text(dhcp_path, dhcp)
     result["changed"] = sync_avahi((ipv4, ipv6)) or result["changed"]
+    if not module.check_mode:
+        result["changed"] = _sync_instance_sets(module, params["config_dir"], result) or result["changed"]
     gateways = [g for g in (segment["gateway4"] if ipv4 else None, segment["gateway6"] if ipv6 else None) if g]
     addresses = []
     if ipv4:

@@ -124,8 +124,10 @@ def test_dns_aimed_at_an_outside_resolver_is_answered_locally(host):
     ("app1", "web1", 8080, True),     # within a segment: everything
     ("edge1", "web1", 443, True),     # the rule dmz -> lan tcp/443
     ("edge1", "web1", 8080, False),   # not in the rule
-    ("web1", "edge1", 443, False),    # lan -> dmz: no rule at all
-    ("app1", "edge1", 8080, False),
+    ("web1", "edge1", 443, False),    # lan -> dmz: only app1 -> edge1:8080
+    ("app1", "edge1", 8080, True),    # the instance rule lan/app1 -> dmz/edge1 tcp/8080
+    ("web1", "edge1", 8080, False),   # another instance of lan
+    ("app1", "edge1", 443, False),    # another port
 ])
 def test_segmentation_matrix(host, source, target, port, allowed, family):
     if allowed:
@@ -148,6 +150,16 @@ def test_ingress_opens_a_host_port_for_its_segment_only(host):
 def refused_host(host, source, address, port):
     out = inside(host, source, f"curl -sS -m 5 http://{address}:{port}/")
     return out.rc == 7
+
+
+def test_instance_rules_match_the_recorded_addresses(host):
+    app4, app6 = record(host, "app1")
+    edge4, edge6 = record(host, "edge1")
+    for name, address in (("i4_lan_app1", app4), ("i6_lan_app1", app6), ("i4_dmz_edge1", edge4), ("i6_dmz_edge1", edge6)):
+        assert address in host.check_output(f"nft list set inet replica {name}")
+    # a reload (the table is replaced) fills them again
+    host.check_output("systemctl reload replica-firewall.service")
+    assert app4 in host.check_output("nft list set inet replica i4_lan_app1")
 
 
 def test_the_firewall_keeps_ssh_and_loads_in_one_table(host):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -181,3 +182,43 @@ def test_avahi_hosts_keeps_the_rest_of_the_file_and_replaces_its_block():
     second = net.avahi_hosts(first, [("web1", "10.20.1.5", None)])
     assert "app1" not in second and "10.20.1.5 web1.local" in second and second.startswith(current)
     assert net.avahi_hosts(second, []) == current
+
+
+def test_rules_may_name_instances_which_get_nft_sets():
+    topo = topology(rules=[{"from": "lan/app1", "to": "dmz/edge-1", "proto": "tcp", "port": 8080},
+                           {"from": "dmz", "to": "lan/web1", "port": 443}])
+    assert topo["rules"][0]["from"] == "lan" and topo["rules"][0]["from_instance"] == "app1"
+    assert net.instance_sets(topo) == {
+        "i4_lan_app1": {"segment": "lan", "instance": "app1", "family": 4},
+        "i6_lan_app1": {"segment": "lan", "instance": "app1", "family": 6},
+        "i4_dmz_edge_1": {"segment": "dmz", "instance": "edge-1", "family": 4},
+        "i6_dmz_edge_1": {"segment": "dmz", "instance": "edge-1", "family": 6},
+        "i4_lan_web1": {"segment": "lan", "instance": "web1", "family": 4},
+        "i6_lan_web1": {"segment": "lan", "instance": "web1", "family": 6}}
+    ruleset = net.nft_ruleset(topo)
+    assert "  set i4_lan_app1 { type ipv4_addr; }" in ruleset and "  set i6_dmz_edge_1 { type ipv6_addr; }" in ruleset
+    assert ('iifname "br-lan" oifname "br-dmz" ip saddr @i4_lan_app1 ip daddr @i4_dmz_edge_1 tcp dport 8080 accept'
+            in ruleset)
+    assert 'iifname "br-lan" oifname "br-dmz" ip6 saddr @i6_lan_app1 ip6 daddr @i6_dmz_edge_1 tcp dport 8080 accept' in ruleset
+    assert 'iifname "br-dmz" oifname "br-lan" ip daddr @i4_lan_web1 tcp dport 443 accept' in ruleset
+    script = net.instances_nft(net.instance_sets(topo), {"lan/app1": ("10.20.1.5", "fd00:20:1::5")})
+    assert "flush set inet replica i4_lan_web1\n" in script and "add element inet replica i6_lan_app1 { fd00:20:1::5 }" in script
+    assert "i4_lan_web1 {" not in script
+    assert script == net.instances_nft_from_hosts(net.instance_sets(topo), {"lan/app1": "10.20.1.5 a\nfd00:20:1::5 a\n",
+                                                                            "lan/web1": None})
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (scripts/setup installs nftables)")
+def test_instance_rules_pass_nft_check(tmp_path):
+    topo = topology(rules=[{"from": "lan/app1", "to": "dmz/edge1", "proto": "tcp", "port": 8080}])
+    path = tmp_path / "replica.nft"
+    path.write_text(net.nft_ruleset(topo) + net.instances_nft(net.instance_sets(topo), {"lan/app1": ("10.20.1.5", "fd00:20:1::5")}))
+    check = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("end,message", [("lan/", "must be SEGMENT or SEGMENT/INSTANCE"), ("lan/Web_1", "host name label"),
+                                         ("wan/web1", "names segment 'wan'")])
+def test_bad_instance_in_a_rule(end, message):
+    with pytest.raises(net.NetworkError, match=re.escape(message)):
+        topology(rules=[{"from": "dmz", "to": end, "port": 443}])

@@ -102,3 +102,18 @@ def test_a_segment_without_ipv4_or_mdns(net):
 def test_errors_say_what_to_fix(net, args, message):
     out = run(net, **args)
     assert out.get("failed") and message in out["msg"]
+
+
+def test_instances_named_by_rules_fill_their_nft_sets(net):
+    topology = _network.check_topology([{"name": "lan", "ipv4": "10.20.1.0/29", "ipv6": "fd00:20:1::/64"},
+                                        {"name": "v6", "ipv6": "fd00:20:6::/64"}],
+                                       [{"from": "lan/web1", "to": "v6", "port": 443}], [], "h1.home.arpa")
+    (net / "net" / "instance-sets.json").write_text(_network.instance_sets_json(topology))
+    out = run(net, name="web1", segment="lan")
+    script = (net / "net" / "instances.nft").read_text()
+    assert f"add element inet replica i4_lan_web1 {{ {out['ipv4']} }}" in script
+    assert f"add element inet replica i6_lan_web1 {{ {out['ipv6']} }}" in script
+    assert run(net, name="app1", segment="lan")["changed"] is True    # its own record only
+    assert (net / "net" / "instances.nft").read_text() == script
+    run(net, name="web1", segment="lan", state="absent")
+    assert "add element" not in (net / "net" / "instances.nft").read_text()
