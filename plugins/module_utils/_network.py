@@ -499,3 +499,15 @@ def avahi_hosts(current, records):
     if block:
         lines += [AVAHI_BEGIN] + block + [AVAHI_END]
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def cloud_init_network(mac, segment, ipv4=None, ipv6=None):
+    """A cloud-init network configuration (version 2) that gives the NIC with *mac* the
+    instance's static addresses, the segment's gateways and resolver (for VMs)."""
+    nic = {"match": {"macaddress": mac}, "addresses": [], "nameservers": {"addresses": [], "search": [segment["zone"]]}}
+    for family, address in (("4", ipv4), ("6", ipv6)):
+        if address and segment.get(f"gateway{family}"):
+            nic["addresses"].append(f"{address}/{segment[f'prefixlen{family}']}")
+            nic[f"gateway{family}"] = segment[f"gateway{family}"]
+            nic["nameservers"]["addresses"].append(segment[f"gateway{family}"])
+    return {"version": 2, "ethernets": {"nic0": nic}}

@@ -32,9 +32,11 @@ options:
     type: str
     required: true
   segment:
-    description: The segment, as declared in C(network_segments).
+    description:
+      - The segment, as declared in C(network_segments). Required with O(state=present); with
+        O(state=absent) and no segment the instance's record is removed from whichever segment
+        holds it (nothing happens where it has none, or where the network role is not used).
     type: str
-    required: true
   state:
     description:
       - V(present) - the instance has its addresses and its name.
@@ -111,6 +113,11 @@ network:
   returned: state is present
   type: dict
   sample: {type: bridge, bridge: br-lan, addresses: [10.20.1.57/24], gateway: [10.20.1.1], dns: [10.20.1.1]}
+cloud_init_network:
+  description: A cloud-init network configuration (version 2) with these addresses for the NIC with O(mac), for a VM's seed.
+  returned: state is present and O(mac) is given
+  type: dict
+  sample: {version: 2, ethernets: {nic0: {match: {macaddress: "52:54:4f:1a:2b:3c"}, addresses: [10.20.1.57/24], gateway4: 10.20.1.1}}}
 zone:
   description: The segment's DNS zone.
   returned: always
@@ -214,23 +221,34 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "name": {"type": "str", "required": True},
-            "segment": {"type": "str", "required": True},
+            "segment": {"type": "str"},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "mac": {"type": "str"},
             "config_dir": {"type": "path", "default": "/etc/replica/network"},
             "avahi_hosts": {"type": "path", "default": "/etc/avahi/hosts"},
         },
+        required_if=[("state", "present", ["segment"])],
         supports_check_mode=True,
     )
     params = module.params
     name, segment_name = params["name"], params["segment"]
+    absent = params["state"] == "absent"
     if not name or len(name) > 63 or set(name) - _NAME_CHARS or name[0] == "-" or name[-1] == "-":
         module.fail_json(msg=f"name {name!r} must be a host name label: lower case letters, digits and '-', at most 63")
     text = read_text(os.path.join(params["config_dir"], "segments.json"))
+    if text is None and absent:
+        module.exit_json(changed=False, fqdn=None, zone=None, bridge=None)   # no network role here: no name to remove
     if text is None:
         module.fail_json(msg=f"{params['config_dir']}/segments.json is missing: converge the replica.cloud.network "
                              f"role on this host first (it declares the segments)")
     segments = json.loads(text)["segments"]
+    if absent and segment_name is None:
+        # removal without a segment: wherever the instance has a record
+        held = [seg for seg in sorted(segments)
+                if any(os.path.lexists(os.path.join(params["config_dir"], seg, kind, name)) for kind in ("hosts", "dhcp-hosts"))]
+        if not held:
+            module.exit_json(changed=False, fqdn=None, zone=None, bridge=None)
+        segment_name = held[0]
     if segment_name not in segments:
         module.fail_json(msg=f"segment {segment_name!r} is not declared on this host (declared: "
                              f"{', '.join(sorted(segments)) or 'none'}): add it to network_segments")
@@ -301,6 +319,8 @@ def main():
         addresses.append(f"{ipv4}/{segment['prefixlen4']}")
     if ipv6:
         addresses.append(f"{ipv6}/{segment['prefixlen6']}")
+    if params["mac"]:
+        result["cloud_init_network"] = _network.cloud_init_network(params["mac"], segment, ipv4=ipv4, ipv6=ipv6)
     result.update(ipv4=ipv4, ipv6=ipv6, network={"type": "bridge", "bridge": segment["bridge"], "addresses": addresses,
                                                  "gateway": gateways, "dns": gateways})
     module.exit_json(**result)

@@ -34,6 +34,20 @@ def test_the_microvm_booted_with_the_name_from_its_seed(host):
     assert "micro1 login:" in serial
 
 
+def test_the_microvm_in_segment_lan_has_its_name_and_addresses(host):
+    import re  # pylint: disable=import-outside-toplevel
+    record = host.file("/etc/replica/network/lan/hosts/micro1").content_string
+    ipv4 = re.search(r"^(10\.20\.1\.\d+) micro1\.lan\.mol\.home\.arpa", record, re.M).group(1)
+    ipv6 = re.search(r"^(fd00:20:1:[0-9a-f:]+) micro1", record, re.M).group(1)
+    assert host.check_output("dig +short @127.0.0.1 micro1.lan.mol.home.arpa") == ipv4
+    assert host.check_output("dig +short @127.0.0.1 micro1.lan.mol.home.arpa AAAA") == ipv6
+    # the NIC is a tap on br-lan with the VM's MAC; the guest took the static addresses of its seed
+    assert "br-lan" in host.check_output("ip -o link show master br-lan")
+    for address in (ipv4, ipv6):
+        ping = f"for i in $(seq 60); do ping -c1 -W1 {address} >/dev/null && exit 0; sleep 1; done; exit 1"
+        assert host.run(f"sh -c {shlex.quote(ping)}").rc == 0, f"micro1 does not answer on {address}"
+
+
 def test_the_q35_vm_booted_under_uefi_and_sees_a_tpm2(host):
     serial = host.file("/run/replica-vm/q1/serial.log").content_string
     assert "replica-ready tpm=2" in serial

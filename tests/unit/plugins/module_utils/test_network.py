@@ -222,3 +222,14 @@ def test_instance_rules_pass_nft_check(tmp_path):
 def test_bad_instance_in_a_rule(end, message):
     with pytest.raises(net.NetworkError, match=re.escape(message)):
         topology(rules=[{"from": "dmz", "to": end, "port": 443}])
+
+
+def test_cloud_init_network_gives_the_vm_its_static_addresses():
+    lan = json.loads(net.segments_json(topology()))["segments"]["lan"]
+    config = net.cloud_init_network("52:54:aa:bb:cc:dd", lan, ipv4="10.20.1.9", ipv6="fd00:20:1::9")
+    assert config == {"version": 2, "ethernets": {"nic0": {
+        "match": {"macaddress": "52:54:aa:bb:cc:dd"}, "addresses": ["10.20.1.9/24", "fd00:20:1::9/64"],
+        "gateway4": "10.20.1.1", "gateway6": "fd00:20:1::1",
+        "nameservers": {"addresses": ["10.20.1.1", "fd00:20:1::1"], "search": ["lan.h1.home.arpa"]}}}}
+    v6 = net.cloud_init_network("52:54:aa:bb:cc:dd", dict(lan, gateway4=None), ipv6="fd00:20:1::9")["ethernets"]["nic0"]
+    assert v6["addresses"] == ["fd00:20:1::9/64"] and "gateway4" not in v6

@@ -117,3 +117,14 @@ def test_instances_named_by_rules_fill_their_nft_sets(net):
     assert (net / "net" / "instances.nft").read_text() == script
     run(net, name="web1", segment="lan", state="absent")
     assert "add element" not in (net / "net" / "instances.nft").read_text()
+
+
+def test_absent_without_segment_finds_the_record(net):
+    run(net, name="web1", segment="v6")
+    out = run(net, name="web1", state="absent")
+    assert out["changed"] is True and out["fqdn"] == "web1.v6.h1.home.arpa"
+    assert not (net / "net/v6/hosts/web1").exists()
+    assert run(net, name="web1", state="absent")["changed"] is False
+    # where the network role was never used there is nothing to remove
+    assert run(net, name="web1", state="absent", config_dir=str(net / "nowhere"))["changed"] is False
+    assert "segment" in run(net, name="web1")["msg"]
