@@ -1,11 +1,14 @@
 # Copyright: (c) 2026, replica.cloud contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Shared by the benchmarks: take down a file system on a loop image and leave nothing behind."""
+"""Shared by the benchmarks: take down a file system on a loop image and leave nothing behind;
+progress messages; percentiles."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
+import sys
 import time
 
 
@@ -35,3 +38,14 @@ def release(image, mnt, mounted):
         except OSError as exc:
             problems.append(f"could not remove {mnt}: {exc}")
     return problems
+
+
+def log(message):
+    """A progress line on stderr (the table goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def pct(values, q):
+    """The nearest-rank *q* percentile of *values* (the maximum for few values and high *q*)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import signal
@@ -78,9 +77,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
+from _loop import log, pct  # noqa: E402  pylint: disable=wrong-import-position
 from conftest import run_module, seed_image  # noqa: E402  pylint: disable=wrong-import-position
 
 LAB_HOST = "bench-mach"
@@ -132,15 +133,6 @@ PLAYBOOK_HOSTS = """\
 
 class BenchError(RuntimeError):
     """A step of the benchmark failed; the message says which and why."""
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
-def pct(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def parse_size(text):

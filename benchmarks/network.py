@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -40,9 +39,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from _loop import log, pct  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.replica.cloud.plugins.module_utils import _network  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -68,15 +69,6 @@ PLAYBOOK = """---
 
 class BenchError(RuntimeError):
     """A step that did not work; the message says which."""
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
-def pct(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def sh(lab, machine, script):
