@@ -501,13 +501,23 @@ def avahi_hosts(current, records):
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def instance_network(segment, ipv4=None, ipv6=None):
+    """The ``network`` option of nspawn_machine for an instance with these addresses: a port of
+    the segment's bridge, static addresses, the segment's gateways as routers and resolvers."""
+    addresses, gateways = [], []
+    for family, address in (("4", ipv4), ("6", ipv6)):
+        if address and segment.get(f"gateway{family}"):
+            addresses.append(f"{address}/{segment[f'prefixlen{family}']}")
+            gateways.append(segment[f"gateway{family}"])
+    return {"type": "bridge", "bridge": segment["bridge"], "addresses": addresses, "gateway": gateways, "dns": gateways}
+
+
 def cloud_init_network(mac, segment, ipv4=None, ipv6=None):
     """A cloud-init network configuration (version 2) that gives the NIC with *mac* the
     instance's static addresses, the segment's gateways and resolver (for VMs)."""
-    nic = {"match": {"macaddress": mac}, "addresses": [], "nameservers": {"addresses": [], "search": [segment["zone"]]}}
-    for family, address in (("4", ipv4), ("6", ipv6)):
-        if address and segment.get(f"gateway{family}"):
-            nic["addresses"].append(f"{address}/{segment[f'prefixlen{family}']}")
-            nic[f"gateway{family}"] = segment[f"gateway{family}"]
-            nic["nameservers"]["addresses"].append(segment[f"gateway{family}"])
+    network = instance_network(segment, ipv4=ipv4, ipv6=ipv6)
+    nic = {"match": {"macaddress": mac}, "addresses": network["addresses"],
+           "nameservers": {"addresses": network["dns"], "search": [segment["zone"]]}}
+    for gateway in network["gateway"]:
+        nic["gateway6" if ":" in gateway else "gateway4"] = gateway
     return {"version": 2, "ethernets": {"nic0": nic}}

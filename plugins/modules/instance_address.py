@@ -142,18 +142,14 @@ from ansible_collections.replica.cloud.plugins.module_utils._files import read_t
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
-def _taken(hosts_dir, name):
-    """Addresses recorded for the segment's other instances."""
-    taken = []
+def _segment_records(config_dir, segment):
+    """``{instance: (ipv4, ipv6)}`` recorded in *segment*'s hosts folder."""
+    hosts_dir = os.path.join(config_dir, segment, "hosts")
     try:
-        entries = sorted(os.listdir(hosts_dir))
+        entries = sorted(e for e in os.listdir(hosts_dir) if not e.startswith("."))
     except FileNotFoundError:
-        return taken
-    for entry in entries:
-        if entry == name or entry.startswith("."):
-            continue
-        taken += [a for a in _network.parse_hosts(read_text(os.path.join(hosts_dir, entry))) if a]
-    return taken
+        return {}
+    return {entry: _network.parse_hosts(read_text(os.path.join(hosts_dir, entry))) for entry in entries}
 
 
 def _reload_dnsmasq(module, segment):
@@ -171,15 +167,10 @@ def _avahi_records(config_dir, segments, changed_segment, name, records):
     for seg_name in sorted(segments):
         if not segments[seg_name].get("mdns"):
             continue
-        hosts_dir = os.path.join(config_dir, seg_name, "hosts")
-        try:
-            entries = sorted(e for e in os.listdir(hosts_dir) if not e.startswith("."))
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            if seg_name == changed_segment and entry == name:
-                continue
-            out.append((entry,) + _network.parse_hosts(read_text(os.path.join(hosts_dir, entry))))
+        recorded = _segment_records(config_dir, seg_name)
+        if seg_name == changed_segment:
+            recorded.pop(name, None)
+        out += [(entry,) + addresses for entry, addresses in recorded.items()]
         if seg_name == changed_segment and records:
             out.append((name,) + records)
     return out
@@ -292,7 +283,8 @@ def main():
         module.exit_json(**result)
 
     ipv4, ipv6 = _network.parse_hosts(before_hosts)
-    taken = _taken(os.path.dirname(hosts_path), name)
+    taken = [a for entry, addresses in _segment_records(params["config_dir"], segment_name).items() if entry != name
+             for a in addresses if a]
     try:
         if segment["ipv4"] and not ipv4:
             ipv4 = _addressing.ipv4_for(name, segment["ipv4"], taken=taken)
@@ -313,16 +305,9 @@ def main():
     result["changed"] = sync_avahi((ipv4, ipv6)) or result["changed"]
     if not module.check_mode:
         result["changed"] = _sync_instance_sets(module, params["config_dir"], result) or result["changed"]
-    gateways = [g for g in (segment["gateway4"] if ipv4 else None, segment["gateway6"] if ipv6 else None) if g]
-    addresses = []
-    if ipv4:
-        addresses.append(f"{ipv4}/{segment['prefixlen4']}")
-    if ipv6:
-        addresses.append(f"{ipv6}/{segment['prefixlen6']}")
     if params["mac"]:
         result["cloud_init_network"] = _network.cloud_init_network(params["mac"], segment, ipv4=ipv4, ipv6=ipv6)
-    result.update(ipv4=ipv4, ipv6=ipv6, network={"type": "bridge", "bridge": segment["bridge"], "addresses": addresses,
-                                                 "gateway": gateways, "dns": gateways})
+    result.update(ipv4=ipv4, ipv6=ipv6, network=_network.instance_network(segment, ipv4=ipv4, ipv6=ipv6))
     module.exit_json(**result)
 
 
