@@ -12,6 +12,7 @@ from ansible_collections.replica.cloud.plugins.module_utils import _network
 
 _RENDERERS = {
     "networkd": _network.networkd_files,
+    "uplink_dropin": _network.uplink_dropin,
     "dnsmasq": _network.dnsmasq_conf,
     "unbound": _network.unbound_conf,
     "nftables": _network.nft_ruleset,

@@ -6,8 +6,11 @@ firewall, as pure functions (no I/O) that check the inventory and render the fil
 The network role calls these through the ``replica.cloud.network_*`` filters; the
 ``instance_address`` module reads the checked topology back from ``segments.json`` on the target.
 
-A segment is ``{name, ipv4, ipv6, nat, dhcp, mdns, interfaces}``: a bridge ``br-<name>`` whose
-first host address (``.1``, ``::1``) is the gateway, the resolver and the DHCP server; its zone is
+A segment is ``{name, kind, uplink, ipv4, ipv6, nat, dhcp, mdns, interfaces}``: its host link (a
+bridge ``br-<name>``, or for ``kind: macvlan``/``ipvlan`` the host's own macvlan ``mv-<name>`` or
+ipvlan ``iv-<name>`` on the ``uplink`` NIC, the instances' macvlans/ipvlans sitting beside it on the
+same wire) holds the gateway: the first host address (``.1``, ``::1``) is the gateway, the resolver
+and the DHCP server; its zone is
 ``<name>.<domain>``, served by one dnsmasq per segment on ``127.0.0.1:<dns_port>`` and reached
 through unbound. A rule is ``{from, to, proto, port}`` (segments; ``port`` an int, ``"a-b"`` or a
 list); an ingress entry ``{port, proto, from}`` opens a port of the host itself.
@@ -27,7 +30,10 @@ _INSTANCE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PROTOS = ("tcp", "udp")
-_SEGMENT_KEYS = {"name", "ipv4", "ipv6", "nat", "dhcp", "mdns", "interfaces"}
+_SEGMENT_KEYS = {"name", "kind", "uplink", "ipv4", "ipv6", "nat", "dhcp", "mdns", "interfaces"}
+#: a segment's kind and the prefix of its host link's name: a bridge the instances are ports of, or
+#: a macvlan (bridge mode) / ipvlan (L2 mode) of an uplink NIC, beside the instances' own
+KINDS = {"bridge": "br-", "macvlan": "mv-", "ipvlan": "iv-"}
 _RULE_KEYS = {"from", "to", "proto", "port", "comment"}
 _INGRESS_KEYS = {"port", "proto", "from", "comment"}
 #: unbound's default local zones a segment's reverse zone may sit in (they must be "nodefault")
@@ -82,11 +88,50 @@ def _proto(value, where):
     return proto
 
 
+def _kind(raw, name, interfaces):
+    """``(kind, uplink)`` of a segment: a bridge has no uplink, a macvlan/ipvlan needs one."""
+    kind = raw.get("kind", "bridge")
+    if kind not in KINDS:
+        raise NetworkError(f"segment {name!r}: kind {kind!r} must be one of {', '.join(KINDS)}")
+    uplink = raw.get("uplink")
+    if kind == "bridge":
+        if uplink is not None:
+            raise NetworkError(f"segment {name!r}: uplink is for kind macvlan or ipvlan; a bridge takes host NICs "
+                               f"as interfaces")
+        return kind, None
+    if not isinstance(uplink, str) or not _IFACE_RE.match(uplink):
+        raise NetworkError(f"segment {name!r}: kind {kind} needs uplink, the host NIC its instances share "
+                           f"(like eth0), got {uplink!r}")
+    if interfaces:
+        raise NetworkError(f"segment {name!r}: a {kind} segment has no interfaces to enslave; its instances "
+                           f"sit on uplink {uplink} beside the host")
+    return kind, uplink
+
+
+def _check_uplinks(segments):
+    """A NIC carries one kind of stacked links (the kernel gives a NIC one receive handler: bridge
+    port, macvlans or ipvlans), so an uplink may not be a bridge port nor mix macvlan and ipvlan."""
+    ports = {iface: s["name"] for s in segments for iface in s["interfaces"]}
+    kinds = {}
+    for segment in segments:
+        uplink = segment["uplink"]
+        if not uplink:
+            continue
+        if uplink in ports:
+            raise NetworkError(f"segment {segment['name']!r}: uplink {uplink} is a port of the bridge of segment "
+                               f"{ports[uplink]!r}; a NIC is either a bridge port or an uplink")
+        other = kinds.setdefault(uplink, segment)
+        if other["kind"] != segment["kind"]:
+            raise NetworkError(f"segment {segment['name']!r}: uplink {uplink} already carries {other['kind']} "
+                               f"segment {other['name']!r}; one NIC carries macvlans or ipvlans, not both")
+
+
 def check_topology(segments, rules=(), ingress=(), domain="home.arpa"):
     """The checked, normalized topology, or NetworkError naming the first culprit.
 
     Returns ``{domain, segments: [...], rules: [...], ingress: [...]}`` where each segment has
-    ``bridge``, ``zone``, ``dns_port``, ``gateway4``/``gateway6`` (``None`` without that family)
+    ``kind``, ``link`` (the host's interface in the segment), ``uplink`` (macvlan/ipvlan), ``bridge``
+    (the link of a bridge segment, else None), ``zone``, ``dns_port``, ``gateway4``/``gateway6`` (``None`` without that family)
     and ``ipv4``/``ipv6`` as prefixes."""
     domain = str(domain or "").strip(".").lower()
     if not _DOMAIN_RE.match(domain):
@@ -100,7 +145,7 @@ def check_topology(segments, rules=(), ingress=(), domain="home.arpa"):
         name = raw.get("name")
         if not isinstance(name, str) or not _SEGMENT_RE.match(name):
             raise NetworkError(f"segment #{index + 1}: name {name!r} must be 1-12 lower case letters and "
-                               f"digits, starting with a letter (the bridge is br-NAME)")
+                               f"digits, starting with a letter (the host link is br-NAME, mv-NAME or iv-NAME)")
         unknown = sorted(set(raw) - _SEGMENT_KEYS)
         if unknown:
             raise NetworkError(f"segment {name!r}: unknown keys {', '.join(unknown)} "
@@ -123,15 +168,19 @@ def check_topology(segments, rules=(), ingress=(), domain="home.arpa"):
         for iface in interfaces:
             if not isinstance(iface, str) or not _IFACE_RE.match(iface):
                 raise NetworkError(f"segment {name!r}: interface {iface!r} is not an interface name")
+        kind, uplink = _kind(raw, name, interfaces)
+        link = KINDS[kind] + name
         out.append({
-            "name": name, "bridge": f"br-{name}", "zone": f"{name}.{domain}", "dns_port": DNS_PORT_BASE + index,
+            "name": name, "kind": kind, "link": link, "uplink": uplink, "bridge": link if kind == "bridge" else None,
+            "zone": f"{name}.{domain}", "dns_port": DNS_PORT_BASE + index,
             "ipv4": str(ipv4) if ipv4 else None, "ipv6": str(ipv6) if ipv6 else None,
             "gateway4": str(ipv4.network_address + 1) if ipv4 else None,
             "gateway6": str(ipv6.network_address + 1) if ipv6 else None,
             "prefixlen4": ipv4.prefixlen if ipv4 else None, "prefixlen6": ipv6.prefixlen if ipv6 else None,
-            "nat": bool(raw.get("nat", True)), "dhcp": bool(raw.get("dhcp", True)) and ipv4 is not None,
+            "nat": bool(raw.get("nat", True)), "dhcp": bool(raw.get("dhcp", kind == "bridge")) and ipv4 is not None,
             "mdns": bool(raw.get("mdns", False)), "interfaces": list(interfaces),
         })
+    _check_uplinks(out)
     checked_rules = []
     for index, rule in enumerate(rules or []):
         where = f"rule #{index + 1} ({rule.get('from')} -> {rule.get('to')})" if isinstance(rule, dict) else f"rule #{index + 1}"
@@ -190,10 +239,17 @@ def _quoted(names):
 
 
 def networkd_files(segment):
-    """``{file name: content}`` for systemd-networkd: the bridge, its addresses, its enslaved NICs."""
-    bridge = segment["bridge"]
-    files = {f"50-replica-{bridge}.netdev": f"# {HEADER}\n[NetDev]\nName={bridge}\nKind=bridge\n"}
-    lines = [f"# {HEADER}", "[Match]", f"Name={bridge}", "", "[Link]", "RequiredForOnline=no", "",
+    """``{file name: content}`` for systemd-networkd: the segment's host link (a bridge, or a
+    macvlan/ipvlan of its uplink), its addresses, a bridge's enslaved NICs. A macvlan/ipvlan also
+    needs a line in its uplink's own .network (see :func:`uplink_dropin`)."""
+    link, kind = segment["link"], segment.get("kind", "bridge")
+    netdev = [f"# {HEADER}", "[NetDev]", f"Name={link}", f"Kind={kind}"]
+    if kind == "macvlan":
+        netdev += ["", "[MACVLAN]", "Mode=bridge"]   # the host's macvlan and the instances' reach each other
+    elif kind == "ipvlan":
+        netdev += ["", "[IPVLAN]", "Mode=L2"]
+    files = {f"50-replica-{link}.netdev": "\n".join(netdev) + "\n"}
+    lines = [f"# {HEADER}", "[Match]", f"Name={link}", "", "[Link]", "RequiredForOnline=no", "",
              "[Network]", "ConfigureWithoutCarrier=yes", "IPv6AcceptRA=no", "LinkLocalAddressing=ipv6"]
     if segment["ipv6"]:
         lines.append("IPv6SendRA=no")
@@ -203,11 +259,22 @@ def networkd_files(segment):
             if family == "6":
                 # no DAD on the gateway: it is ours by definition, and a tentative address cannot be bound
                 lines.append("DuplicateAddressDetection=none")
-    files[f"50-replica-{bridge}.network"] = "\n".join(lines) + "\n"
+    files[f"50-replica-{link}.network"] = "\n".join(lines) + "\n"
     for iface in segment["interfaces"]:
-        files[f"51-replica-{bridge}-{iface}.network"] = (f"# {HEADER}\n[Match]\nName={iface}\n\n[Network]\n"
-                                                         f"Bridge={bridge}\n")
+        files[f"51-replica-{link}-{iface}.network"] = (f"# {HEADER}\n[Match]\nName={iface}\n\n[Network]\n"
+                                                       f"Bridge={link}\n")
     return files
+
+
+def uplink_dropin(segment):
+    """The drop-in for the uplink's own .network that stacks a macvlan/ipvlan segment's host link
+    on it (``<uplink's .network>.d/50-replica-<segment>.conf``), or None for a bridge segment.
+    networkd creates such links only with their parent's configuration, so the role adds this
+    drop-in to whichever file configures the uplink and leaves the rest of that file alone."""
+    kind = segment.get("kind", "bridge")
+    if kind == "bridge":
+        return None
+    return f"# {HEADER}: segment {segment['name']}\n[Network]\n{kind.upper()}={segment['link']}\n"
 
 
 def dnsmasq_conf(segment, config_dir="/etc/replica/network"):
@@ -221,13 +288,17 @@ def dnsmasq_conf(segment, config_dir="/etc/replica/network"):
              "log-facility=-", "user=dnsmasq", "group=nogroup"]
     if segment["dhcp"]:
         net = ipaddress.ip_network(segment["ipv4"])
-        lines += [f"interface={segment['bridge']}",
+        lines += [f"interface={segment['link']}",
                   f"dhcp-range=set:{name},{net.network_address},static,{net.netmask},12h",
                   f"dhcp-option=tag:{name},option:router,{segment['gateway4']}",
                   f"dhcp-option=tag:{name},option:dns-server,{segment['gateway4']}",
                   f"dhcp-option=tag:{name},option:domain-search,{zone}",
-                  "dhcp-authoritative", f"dhcp-hostsdir={config_dir}/{name}/dhcp-hosts",
+                  f"dhcp-hostsdir={config_dir}/{name}/dhcp-hosts",
                   f"dhcp-leasefile=/var/lib/replica-network/{name}/dnsmasq.leases"]
+        if segment.get("kind", "bridge") == "bridge":
+            # the only DHCP server on its own bridge; on a shared wire (macvlan/ipvlan) another
+            # server may own other clients, which an authoritative dnsmasq would NAK
+            lines.append("dhcp-authoritative")
     return "\n".join(lines) + "\n"
 
 
@@ -312,7 +383,7 @@ def nft_ruleset(topology, ssh_ports=(22,), input_policy="drop"):
         raise NetworkError(f"input policy {input_policy!r} must be drop or accept")
     segments = topology["segments"]
     by_name = {s["name"]: s for s in segments}
-    bridges = [s["bridge"] for s in segments]
+    links = [s["link"] for s in segments]
     ssh = [str(p) for p in ssh_ports] or ["22"]
     lines = [f"# {HEADER}: loaded in one transaction by replica-firewall.service",
              "table inet replica", "delete table inet replica", "", "table inet replica {"]
@@ -322,25 +393,25 @@ def nft_ruleset(topology, ssh_ports=(22,), input_policy="drop"):
               "    iif lo accept", "    ct state established,related accept", "    ct state invalid drop",
               "    meta l4proto { icmp, ipv6-icmp } accept",
               f"    tcp dport {_set(ssh)} accept comment \"SSH stays reachable\""]
-    if bridges:
-        lines += [f"    iifname {_quoted(bridges)} udp dport {{ 53, 67, 547 }} accept",
-                  f"    iifname {_quoted(bridges)} tcp dport 53 accept"]
-        mdns = [s["bridge"] for s in segments if s["mdns"]]
+    if links:
+        lines += [f"    iifname {_quoted(links)} udp dport {{ 53, 67, 547 }} accept",
+                  f"    iifname {_quoted(links)} tcp dport 53 accept"]
+        mdns = [s["link"] for s in segments if s["mdns"]]
         if mdns:
             lines.append(f"    iifname {_quoted(mdns)} udp dport 5353 accept")
     for entry in topology["ingress"]:
-        source = "" if entry["from"] == ["any"] else f"iifname {_quoted(by_name[n]['bridge'] for n in entry['from'])} "
+        source = "" if entry["from"] == ["any"] else f"iifname {_quoted(by_name[n]['link'] for n in entry['from'])} "
         comment = f' comment "{entry["comment"]}"' if entry["comment"] else ""
         lines.append(f"    {source}{entry['proto']} dport {_set(entry['ports'])} accept{comment}")
-    if bridges and input_policy == "drop":
-        lines.append(f"    iifname {_quoted(bridges)} reject with icmpx admin-prohibited")
+    if links and input_policy == "drop":
+        lines.append(f"    iifname {_quoted(links)} reject with icmpx admin-prohibited")
     lines += ["  }", ""]
     lines += ["  chain forward {", "    type filter hook forward priority filter; policy accept;"]
-    if bridges:
-        lines += [f"    iifname {_quoted(bridges)} ct state invalid drop",
-                  f"    oifname {_quoted(bridges)} ct state established,related accept",
-                  f"    iifname {_quoted(bridges)} ct state established,related accept"]
-        lines += [f'    iifname "{b}" oifname "{b}" accept' for b in bridges]
+    if links:
+        lines += [f"    iifname {_quoted(links)} ct state invalid drop",
+                  f"    oifname {_quoted(links)} ct state established,related accept",
+                  f"    iifname {_quoted(links)} ct state established,related accept"]
+        lines += [f'    iifname "{b}" oifname "{b}" accept' for b in links]
         for rule in topology["rules"]:
             src, dst = by_name[rule["from"]], by_name[rule["to"]]
             if rule["ports"]:
@@ -349,27 +420,27 @@ def nft_ruleset(topology, ssh_ports=(22,), input_policy="drop"):
                 match = "" if rule["proto"] == "any" else f" meta l4proto {rule['proto']}"
             comment = f' comment "{rule["comment"]}"' if rule["comment"] else ""
             for addresses in _rule_address_matches(rule, src, dst):
-                lines.append(f'    iifname "{src["bridge"]}" oifname "{dst["bridge"]}"{addresses}{match} accept{comment}')
-        egress = [s["bridge"] for s in segments if s["nat"]]
+                lines.append(f'    iifname "{src["link"]}" oifname "{dst["link"]}"{addresses}{match} accept{comment}')
+        egress = [s["link"] for s in segments if s["nat"]]
         if egress:
-            lines.append(f"    iifname {_quoted(egress)} oifname != {_quoted(bridges)} accept")
-        lines += [f"    iifname {_quoted(bridges)} reject with icmpx admin-prohibited",
-                  f"    oifname {_quoted(bridges)} reject with icmpx admin-prohibited"]
+            lines.append(f"    iifname {_quoted(egress)} oifname != {_quoted(links)} accept")
+        lines += [f"    iifname {_quoted(links)} reject with icmpx admin-prohibited",
+                  f"    oifname {_quoted(links)} reject with icmpx admin-prohibited"]
     lines += ["  }", ""]
     lines += ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;"]
     for s in segments:
         for family, gateway in (("ip", s["gateway4"]), ("ip6", s["gateway6"])):
             if gateway:
                 for proto in _PROTOS:
-                    lines.append(f'    iifname "{s["bridge"]}" {family} daddr != {gateway} {proto} dport 53 '
+                    lines.append(f'    iifname "{s["link"]}" {family} daddr != {gateway} {proto} dport 53 '
                                  f'dnat {family} to {"[" + gateway + "]" if family == "ip6" else gateway}:53')
     lines += ["  }", ""]
     lines += ["  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;"]
     for s in segments:
-        if s["nat"] and bridges:
+        if s["nat"] and links:
             for family, net in (("ip", s["ipv4"]), ("ip6", s["ipv6"])):
                 if net:
-                    lines.append(f"    {family} saddr {net} oifname != {_quoted(bridges)} masquerade")
+                    lines.append(f"    {family} saddr {net} oifname != {_quoted(links)} masquerade")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -437,16 +508,16 @@ def instances_nft_from_hosts(sets, hosts_texts):
 
 def avahi_conf(topology):
     """avahi-daemon.conf for the segments with mDNS: it answers and reflects only there."""
-    bridges = [s["bridge"] for s in topology["segments"] if s["mdns"]]
-    return (f"# {HEADER}\n[server]\nuse-ipv4=yes\nuse-ipv6=yes\nallow-interfaces={','.join(bridges)}\n"
+    links = [s["link"] for s in topology["segments"] if s["mdns"]]
+    return (f"# {HEADER}\n[server]\nuse-ipv4=yes\nuse-ipv6=yes\nallow-interfaces={','.join(links)}\n"
             f"ratelimit-interval-usec=1000000\nratelimit-burst=1000\n\n[wide-area]\nenable-wide-area=no\n\n"
             f"[publish]\npublish-hinfo=no\npublish-workstation=no\n\n[reflector]\n"
-            f"enable-reflector={'yes' if len(bridges) > 1 else 'no'}\n\n[rlimits]\n")
+            f"enable-reflector={'yes' if len(links) > 1 else 'no'}\n\n[rlimits]\n")
 
 
 def segments_json(topology):
     """What the instance_address module reads on the target."""
-    keys = ("name", "bridge", "zone", "ipv4", "ipv6", "gateway4", "gateway6", "prefixlen4", "prefixlen6", "dhcp", "mdns")
+    keys = ("name", "kind", "link", "uplink", "bridge", "zone", "ipv4", "ipv6", "gateway4", "gateway6", "prefixlen4", "prefixlen6", "dhcp", "mdns")
     data = {"domain": topology["domain"], "segments": {s["name"]: {k: s[k] for k in keys} for s in topology["segments"]}}
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -503,13 +574,16 @@ def avahi_hosts(current, records):
 
 def instance_network(segment, ipv4=None, ipv6=None):
     """The ``network`` option of nspawn_machine for an instance with these addresses: a port of
-    the segment's bridge, static addresses, the segment's gateways as routers and resolvers."""
+    the segment's bridge (or a macvlan/ipvlan of its uplink), static addresses, the segment's
+    gateways as routers and resolvers."""
     addresses, gateways = [], []
     for family, address in (("4", ipv4), ("6", ipv6)):
         if address and segment.get(f"gateway{family}"):
             addresses.append(f"{address}/{segment[f'prefixlen{family}']}")
             gateways.append(segment[f"gateway{family}"])
-    return {"type": "bridge", "bridge": segment["bridge"], "addresses": addresses, "gateway": gateways, "dns": gateways}
+    kind = segment.get("kind", "bridge")
+    attach = {"type": "bridge", "bridge": segment["bridge"]} if kind == "bridge" else {"type": kind, "interface": segment["uplink"]}
+    return dict(attach, addresses=addresses, gateway=gateways, dns=gateways)
 
 
 def cloud_init_network(mac, segment, ipv4=None, ipv6=None):

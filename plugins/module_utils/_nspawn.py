@@ -21,7 +21,7 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ADDRESS_RE = re.compile(r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-NETWORK_TYPES = ("veth", "bridge", "macvlan", "none", "host")
+NETWORK_TYPES = ("veth", "bridge", "macvlan", "ipvlan", "none", "host")
 #: where the machines' shared hosts file lives on the host (bind-mounted read-only as /etc/hosts
 #: into every machine, rewritten in place so that running machines see new names at once)
 HOSTS_FILE = "/etc/replica/machines/hosts"
@@ -66,11 +66,11 @@ def network_settings(network):
         if not bridge or not IFACE_RE.match(str(bridge)):
             raise MachineError("network type bridge needs network.bridge, the host bridge's name")
         return [("VirtualEthernet", "yes"), ("Bridge", bridge)]
-    if kind == "macvlan":
+    if kind in ("macvlan", "ipvlan"):
         iface = network.get("interface")
         if not iface or not IFACE_RE.match(str(iface)):
-            raise MachineError("network type macvlan needs network.interface, a host interface")
-        return [("VirtualEthernet", "no"), ("MACVLAN", iface)]
+            raise MachineError(f"network type {kind} needs network.interface, a host interface")
+        return [("VirtualEthernet", "no"), (kind.upper(), iface)]
     if kind == "veth":
         return [("VirtualEthernet", "yes")]
     if kind == "none":
@@ -83,8 +83,8 @@ def guest_interface(network):
     kind = (network or {}).get("type", "veth")
     if kind in ("veth", "bridge"):
         return "host0"
-    if kind == "macvlan":
-        return f"mv-{network['interface']}"[:15]
+    if kind in ("macvlan", "ipvlan"):
+        return f"{kind[0]}v-{network['interface']}"[:15]   # nspawn's names: mv-IFACE, iv-IFACE
     return None
 
 

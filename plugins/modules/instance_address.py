@@ -49,6 +49,15 @@ options:
       - The MAC address of the instance's NIC in the segment, to make the DHCP reservation by
         MAC instead of by the host name the client sends.
     type: str
+  kinds:
+    description:
+      - The kinds of segment this instance can attach to; O(state=present) in a segment of another
+        kind fails before anything is written. A VM's tap needs a bridge (the vms role passes
+        V([bridge])); a container attaches to any kind (a macvlan or ipvlan of the segment's uplink).
+    type: list
+    elements: str
+    choices: [bridge, macvlan, ipvlan]
+    default: [bridge, macvlan, ipvlan]
   config_dir:
     description: Where the network role keeps the segments' configuration.
     type: path
@@ -109,7 +118,9 @@ fqdn:
   type: str
   sample: web1.lan.host1.home.arpa
 network:
-  description: The network option for M(replica.cloud.nspawn_machine) (bridge, static addresses, gateways, DNS).
+  description:
+    - The network option for M(replica.cloud.nspawn_machine) (a port of the bridge, or a macvlan/ipvlan of the
+      segment's uplink; static addresses, gateways, DNS).
   returned: state is present
   type: dict
   sample: {type: bridge, bridge: br-lan, addresses: [10.20.1.57/24], gateway: [10.20.1.1], dns: [10.20.1.1]}
@@ -124,7 +135,17 @@ zone:
   type: str
   sample: lan.host1.home.arpa
 bridge:
-  description: The segment's bridge.
+  description: The segment's bridge (none for a macvlan or ipvlan segment).
+  returned: always
+  type: str
+  sample: br-lan
+kind:
+  description: The segment's kind, V(bridge), V(macvlan) or V(ipvlan).
+  returned: always
+  type: str
+  sample: bridge
+link:
+  description: The host's own interface in the segment (C(br-NAME), C(mv-NAME) or C(iv-NAME)), which holds the gateway.
   returned: always
   type: str
   sample: br-lan
@@ -215,6 +236,7 @@ def main():
             "segment": {"type": "str"},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "mac": {"type": "str"},
+            "kinds": {"type": "list", "elements": "str", "choices": list(_network.KINDS), "default": list(_network.KINDS)},
             "config_dir": {"type": "path", "default": "/etc/replica/network"},
             "avahi_hosts": {"type": "path", "default": "/etc/avahi/hosts"},
         },
@@ -228,7 +250,7 @@ def main():
         module.fail_json(msg=f"name {name!r} must be a host name label: lower case letters, digits and '-', at most 63")
     text = read_text(os.path.join(params["config_dir"], "segments.json"))
     if text is None and absent:
-        module.exit_json(changed=False, fqdn=None, zone=None, bridge=None)   # no network role here: no name to remove
+        module.exit_json(changed=False, fqdn=None, zone=None, bridge=None, kind=None, link=None)   # no network role here: no name to remove
     if text is None:
         module.fail_json(msg=f"{params['config_dir']}/segments.json is missing: converge the replica.cloud.network "
                              f"role on this host first (it declares the segments)")
@@ -238,7 +260,7 @@ def main():
         held = [seg for seg in sorted(segments)
                 if any(os.path.lexists(os.path.join(params["config_dir"], seg, kind, name)) for kind in ("hosts", "dhcp-hosts"))]
         if not held:
-            module.exit_json(changed=False, fqdn=None, zone=None, bridge=None)
+            module.exit_json(changed=False, fqdn=None, zone=None, bridge=None, kind=None, link=None)
         segment_name = held[0]
     if segment_name not in segments:
         module.fail_json(msg=f"segment {segment_name!r} is not declared on this host (declared: "
@@ -248,7 +270,14 @@ def main():
     dhcp_path = os.path.join(params["config_dir"], segment_name, "dhcp-hosts", name)
     before_hosts, before_dhcp = read_text(hosts_path), read_text(dhcp_path)
     fqdn = f"{name}.{segment['zone']}"
-    result = {"changed": False, "fqdn": fqdn, "zone": segment["zone"], "bridge": segment["bridge"]}
+    kind = segment.get("kind", "bridge")
+    result = {"changed": False, "fqdn": fqdn, "zone": segment["zone"], "bridge": segment["bridge"], "kind": kind,
+              "link": segment.get("link", segment["bridge"])}
+    if not absent and kind not in params["kinds"]:
+        hint = ("; to put such instances on a NIC's wire, declare a bridge segment with interfaces: [NIC]"
+                if "bridge" in params["kinds"] else "")
+        module.fail_json(msg=f"segment {segment_name!r} is a {kind} segment and {name} attaches only to "
+                             f"{' or '.join(params['kinds'])} segments{hint}", **result)
 
     avahi_path = params["avahi_hosts"]
     avahi_before = read_text(avahi_path) if segment.get("mdns") else None

@@ -77,8 +77,8 @@ options:
     elements: dict
   network:
     description:
-      - C(type) V(veth) (private veth pair, default), V(bridge) (with C(bridge)), V(macvlan)
-        (with C(interface), a host interface), V(none), V(host).
+      - C(type) V(veth) (private veth pair, default), V(bridge) (with C(bridge)), V(macvlan) or V(ipvlan)
+        (with C(interface), a host interface; the machine sees C(mv-IFACE) or C(iv-IFACE)), V(none), V(host).
       - C(addresses) (static, C(ADDRESS/PREFIX)), C(gateway) (one address or a list, e.g. an IPv4 and an IPv6 gateway), C(dns); DHCP when no addresses.
     type: dict
   binds:
@@ -439,7 +439,7 @@ def main():
         if network.get("type") == "bridge" and not os.path.isdir(f"/sys/class/net/{network.get('bridge')}/bridge"):
             raise ns.MachineError(f"bridge {network.get('bridge')} does not exist on the host: create it "
                                   f"first (the network role does), or choose another network type")
-        if network.get("type") == "macvlan" and not os.path.isdir(f"/sys/class/net/{network.get('interface')}"):
+        if network.get("type") in ("macvlan", "ipvlan") and not os.path.isdir(f"/sys/class/net/{network.get('interface')}"):
             raise ns.MachineError(f"host interface {network.get('interface')} does not exist")
         if create:
             image = image_path(params)

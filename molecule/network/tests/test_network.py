@@ -1,6 +1,7 @@
 # Copyright: (c) 2026, replica.cloud contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""replica.cloud.network in a lab host: two segments (lan, dmz) with machines in each. Names
+"""replica.cloud.network in a lab host: two bridge segments (lan, dmz) and a macvlan segment (ext,
+on the lab host's NIC) with machines in each. Names
 resolve in their zone and across zones through unbound, addresses are the addressing
 functions' output, the firewall lets dmz reach lan's port 443 and nothing else across, stray
 DNS is answered locally, mDNS names answer, and the services are hardened."""
@@ -11,6 +12,7 @@ import ipaddress
 import json
 import pathlib
 import re
+import subprocess
 import sys
 import time
 
@@ -21,9 +23,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / ".collectio
 from ansible_collections.replica.cloud.plugins.module_utils import _addressing  # noqa: E402  pylint: disable=wrong-import-position
 
 DOMAIN = "mol.home.arpa"
-SEGMENTS = {"lan": ("10.20.1.0/24", "fd00:20:1::/64"), "dmz": ("10.20.2.0/24", "fd00:20:2::/64")}
-MACHINES = {"web1": "lan", "app1": "lan", "edge1": "dmz", "dhcp1": "dmz"}
-STATIC = ["app1", "edge1", "web1"]
+SEGMENTS = {"lan": ("10.20.1.0/24", "fd00:20:1::/64"), "dmz": ("10.20.2.0/24", "fd00:20:2::/64"),
+            "ext": ("10.20.3.0/24", "fd00:20:3::/64")}
+MACHINES = {"web1": "lan", "app1": "lan", "edge1": "dmz", "dhcp1": "dmz", "ext1": "ext"}
+STATIC = ["app1", "edge1", "web1", "ext1"]
+#: the interface a machine sees: a veth port of its bridge, or a macvlan of the lab host's host0
+GUEST_IFACE = {"ext": "mv-host0"}
 
 
 def inside(host, machine, command):
@@ -59,15 +64,22 @@ def refused(host, source, target, port, family):
     return out.rc == 7 and ("Couldn't connect" in out.stderr or "No route" in out.stderr)
 
 
-def test_bridges_carry_the_gateways(host):
+def test_links_carry_the_gateways(host):
     for segment, (ipv4, ipv6) in SEGMENTS.items():
-        data = json.loads(host.check_output(f"ip -j addr show br-{segment}"))[0]
+        link = "mv-ext" if segment == "ext" else f"br-{segment}"
+        data = json.loads(host.check_output(f"ip -j -d addr show {link}"))[0]
+        if segment == "ext":
+            assert data["link"] == "host0" and data["linkinfo"]["info_kind"] == "macvlan"
+            assert data["linkinfo"]["info_data"]["mode"] == "bridge"
         addresses = {a["local"] for a in data["addr_info"]}
         assert str(ipaddress.ip_network(ipv4).network_address + 1) in addresses
         assert str(ipaddress.ip_network(ipv6).network_address + 1) in addresses
     # declared to systemd-networkd, not made by hand: they come back after a reboot
-    assert "br-lan" in host.check_output("networkctl list --no-legend")
+    links = host.check_output("networkctl list --no-legend")
+    assert "br-lan" in links and "mv-ext" in links
     assert host.file("/etc/systemd/network/50-replica-br-lan.netdev").exists
+    # the macvlan hangs off the uplink through a drop-in for the uplink's own .network
+    assert host.file("/etc/systemd/network/10-replica-lab.network.d/50-replica-ext.conf").content_string.strip().endswith("MACVLAN=mv-ext")
 
 
 @pytest.mark.parametrize("machine", STATIC)
@@ -75,7 +87,7 @@ def test_ipv6_address_is_the_functions_output(host, machine):
     ipv4_net, ipv6_net = SEGMENTS[MACHINES[machine]]
     expected = _addressing.ipv6_for(machine, ipv6_net)
     assert record(host, machine)[1] == expected
-    out = inside(host, machine, "ip -j addr show host0").stdout
+    out = inside(host, machine, f"ip -j addr show {GUEST_IFACE.get(MACHINES[machine], 'host0')}").stdout
     addresses = {a["local"] for a in json.loads(out)[0]["addr_info"]}
     assert expected in addresses
     assert record(host, machine)[0] in addresses
@@ -128,6 +140,10 @@ def test_dns_aimed_at_an_outside_resolver_is_answered_locally(host):
     ("app1", "edge1", 8080, True),    # the instance rule lan/app1 -> dmz/edge1 tcp/8080
     ("web1", "edge1", 8080, False),   # another instance of lan
     ("app1", "edge1", 443, False),    # another port
+    ("ext1", "web1", 8080, True),     # the rule ext -> lan tcp/8080, from the macvlan segment
+    ("ext1", "web1", 443, False),     # not in it
+    ("web1", "ext1", 8080, False),    # lan -> ext: no rule
+    ("edge1", "ext1", 8080, False),   # dmz -> ext: no rule
 ])
 def test_segmentation_matrix(host, source, target, port, allowed, family):
     if allowed:
@@ -211,3 +227,46 @@ def test_a_new_name_appears_without_a_restart(host):
     finally:
         host.run(f"rm -f {path}")
     assert host.check_output("systemctl show -p ExecMainStartTimestampMonotonic --value replica-dnsmasq@lan.service") == started
+
+
+def test_macvlan_instances_resolve_through_their_gateway(host):
+    web4, _web6 = record(host, "web1")
+    ext4, ext6 = record(host, "ext1")
+    assert dig(host, "ext1", "10.20.3.1", f"web1.lan.{DOMAIN}") == web4
+    assert dig(host, "app1", "10.20.1.1", f"ext1.ext.{DOMAIN}", "AAAA") == ext6
+    assert dig(host, "ext1", "192.0.2.53", f"ext1.ext.{DOMAIN}") == ext4     # stray DNS is redirected here too
+    assert host.run(f"ping -c 1 -W 2 {ext4}").rc == 0 and host.run(f"ping -6 -c 1 -W 2 {ext6}").rc == 0
+
+
+@pytest.fixture(name="wire")
+def wire_fixture():
+    """A network namespace on this machine plugged into the lab bridge, the wire the lab host's
+    host0 is on, with an address in segment ext: another computer on the uplink's network."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "scripts"))
+    import replica_lab  # pylint: disable=import-outside-toplevel
+    ns = "mol-wire"
+    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", "molw0", "type", "veth", "peer", "name", "molw1"],
+             ["ip", "link", "set", "molw1", "master", replica_lab.BRIDGE, "up"], ["ip", "link", "set", "molw0", "netns", ns],
+             ["ip", "-n", ns, "link", "set", "molw0", "up"], ["ip", "-n", ns, "addr", "add", "10.20.3.254/24", "dev", "molw0"],
+             ["ip", "-n", ns, "addr", "add", "fd00:20:3::fe/64", "dev", "molw0", "nodad"]]
+    try:
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "link", "del", "molw1"], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def test_macvlan_instances_are_on_the_uplinks_wire(host, wire):
+    """A machine on the uplink's network reaches ext1 directly, at layer 2: no route through the
+    lab host (which would refuse it: no rule lets anything from outside into ext)."""
+    ext4, ext6 = record(host, "ext1")
+    for address in (ext4, f"[{ext6}]"):
+        out = subprocess.run(["ip", "netns", "exec", wire, "curl", "-sS", "-m", "5", "--retry", "10", "--retry-connrefused",
+                              "--retry-delay", "0", "--retry-max-time", "20", f"http://{address}:8080/"],
+                             capture_output=True, text=True, check=False)
+        assert out.stdout.strip() == "hello from the machine", out.stderr
+    neighbours = subprocess.run(["ip", "-n", wire, "neigh", "show", ext4], capture_output=True, text=True, check=True).stdout
+    mac = json.loads(inside(host, "ext1", "ip -j link show mv-host0").stdout)[0]["address"]
+    assert mac in neighbours     # its own MAC answered on the wire, not the lab host's

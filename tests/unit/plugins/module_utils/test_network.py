@@ -55,6 +55,17 @@ def test_segments_get_bridges_zones_gateways_and_ports():
     (SEGMENTS, [{"from": "lan", "to": "dmz", "port": 80, "proto": "sctp"}], [], "proto 'sctp' must be one of tcp, udp"),
     (SEGMENTS, [], [{"port": 443, "from": ["wan"]}], "ingress #1: from names segment 'wan'"),
     (SEGMENTS, [], [{"proto": "tcp"}], "ingress #1 must be a dictionary with a port"),
+    ([{"name": "ext", "kind": "vxlan", "ipv4": "10.0.0.0/24"}], [], [], "kind 'vxlan' must be one of bridge, macvlan, ipvlan"),
+    ([{"name": "ext", "kind": "macvlan", "ipv4": "10.0.0.0/24"}], [], [], "kind macvlan needs uplink"),
+    ([{"name": "ext", "uplink": "eth0", "ipv4": "10.0.0.0/24"}], [], [], "uplink is for kind macvlan or ipvlan"),
+    ([{"name": "ext", "kind": "ipvlan", "uplink": "eth0", "interfaces": ["eth1"], "ipv4": "10.0.0.0/24"}], [], [],
+     "a ipvlan segment has no interfaces to enslave"),
+    ([{"name": "lan", "ipv4": "10.0.0.0/24", "interfaces": ["eth0"]},
+      {"name": "ext", "kind": "macvlan", "uplink": "eth0", "ipv4": "10.0.1.0/24"}], [], [],
+     "segment 'ext': uplink eth0 is a port of the bridge of segment 'lan'"),
+    ([{"name": "ext", "kind": "macvlan", "uplink": "eth0", "ipv4": "10.0.1.0/24"},
+      {"name": "ext2", "kind": "ipvlan", "uplink": "eth0", "ipv4": "10.0.2.0/24"}], [], [],
+     "uplink eth0 already carries macvlan segment 'ext'"),
 ])
 def test_bad_inventory_names_the_culprit(segments, rules, ingress, message):
     with pytest.raises(net.NetworkError) as error:
@@ -156,7 +167,8 @@ def test_avahi_answers_on_the_mdns_segments_and_reflects_between_several():
 def test_segments_json_is_what_instance_address_reads():
     data = json.loads(net.segments_json(topology()))
     assert data["domain"] == "h1.home.arpa"
-    assert data["segments"]["lan"] == {"name": "lan", "bridge": "br-lan", "zone": "lan.h1.home.arpa", "ipv4": "10.20.1.0/24",
+    assert data["segments"]["lan"] == {"name": "lan", "kind": "bridge", "link": "br-lan", "uplink": None,
+                                       "bridge": "br-lan", "zone": "lan.h1.home.arpa", "ipv4": "10.20.1.0/24",
                                        "ipv6": "fd00:20:1::/64", "gateway4": "10.20.1.1", "gateway6": "fd00:20:1::1",
                                        "prefixlen4": 24, "prefixlen6": 64, "dhcp": True, "mdns": True}
 
@@ -233,3 +245,50 @@ def test_cloud_init_network_gives_the_vm_its_static_addresses():
         "nameservers": {"addresses": ["10.20.1.1", "fd00:20:1::1"], "search": ["lan.h1.home.arpa"]}}}}
     v6 = net.cloud_init_network("52:54:aa:bb:cc:dd", dict(lan, gateway4=None), ipv6="fd00:20:1::9")["ethernets"]["nic0"]
     assert v6["addresses"] == ["fd00:20:1::9/64"] and "gateway4" not in v6
+
+
+EXT = {"name": "ext", "kind": "macvlan", "uplink": "eth0", "ipv4": "10.20.3.0/24", "ipv6": "fd00:20:3::/64"}
+
+
+def test_a_macvlan_segment_sits_on_its_uplink_beside_its_instances():
+    lan, ext = topology(segments=[SEGMENTS[0], EXT], rules=[{"from": "ext", "to": "lan", "port": 443}], ingress=[])["segments"]
+    assert (ext["kind"], ext["link"], ext["uplink"], ext["bridge"]) == ("macvlan", "mv-ext", "eth0", None)
+    assert ext["dhcp"] is False and lan["dhcp"] is True     # a shared wire may have its own DHCP server
+    files = net.networkd_files(ext)
+    assert sorted(files) == ["50-replica-mv-ext.netdev", "50-replica-mv-ext.network"]
+    assert "Kind=macvlan\n\n[MACVLAN]\nMode=bridge" in files["50-replica-mv-ext.netdev"]
+    assert "Name=mv-ext" in files["50-replica-mv-ext.network"] and "Address=10.20.3.1/24" in files["50-replica-mv-ext.network"]
+    assert net.uplink_dropin(ext).endswith("[Network]\nMACVLAN=mv-ext\n") and net.uplink_dropin(lan) is None
+    assert net.instance_network(ext, "10.20.3.9", "fd00:20:3::9") == {
+        "type": "macvlan", "interface": "eth0", "addresses": ["10.20.3.9/24", "fd00:20:3::9/64"],
+        "gateway": ["10.20.3.1", "fd00:20:3::1"], "dns": ["10.20.3.1", "fd00:20:3::1"]}
+
+
+def test_a_macvlan_segment_is_policed_by_its_host_link(tmp_path):
+    topo = topology(segments=[SEGMENTS[0], EXT], rules=[{"from": "ext", "to": "lan", "port": 443}], ingress=[])
+    ruleset = net.nft_ruleset(topo)
+    assert 'iifname "mv-ext" oifname "br-lan" tcp dport 443 accept' in ruleset
+    assert 'iifname { "br-lan", "mv-ext" } udp dport { 53, 67, 547 } accept' in ruleset
+    assert 'iifname "mv-ext" ip daddr != 10.20.3.1 udp dport 53 dnat ip to 10.20.3.1:53' in ruleset
+    assert "ip saddr 10.20.3.0/24 oifname" in ruleset
+    if shutil.which("nft"):
+        path = tmp_path / "replica.nft"
+        path.write_text(ruleset)
+        check = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stderr
+
+
+def test_dhcp_on_a_shared_wire_is_not_authoritative():
+    ext = topology(segments=[dict(EXT, dhcp=True)], rules=[], ingress=[])["segments"][0]
+    conf = net.dnsmasq_conf(ext).splitlines()
+    assert "interface=mv-ext" in conf and "dhcp-authoritative" not in conf
+    assert "dhcp-authoritative" in net.dnsmasq_conf(topology()["segments"][0]).splitlines()
+
+
+def test_an_ipvlan_segment():
+    ext = topology(segments=[dict(EXT, kind="ipvlan")], rules=[], ingress=[])["segments"][0]
+    assert ext["link"] == "iv-ext"
+    assert "Kind=ipvlan\n\n[IPVLAN]\nMode=L2" in net.networkd_files(ext)["50-replica-iv-ext.netdev"]
+    assert net.uplink_dropin(ext).endswith("IPVLAN=iv-ext\n")
+    assert net.instance_network(ext, "10.20.3.9")["type"] == "ipvlan"
+    assert "allow-interfaces=iv-ext" in net.avahi_conf(topology(segments=[dict(EXT, kind="ipvlan", mdns=True)], rules=[], ingress=[]))

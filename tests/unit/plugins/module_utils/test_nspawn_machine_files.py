@@ -41,6 +41,7 @@ def test_default_machine():
 @pytest.mark.parametrize("network,expected", [
     ({"type": "bridge", "bridge": "br0"}, [("VirtualEthernet", "yes"), ("Bridge", "br0")]),
     ({"type": "macvlan", "interface": "eth0"}, [("VirtualEthernet", "no"), ("MACVLAN", "eth0")]),
+    ({"type": "ipvlan", "interface": "eth0"}, [("VirtualEthernet", "no"), ("IPVLAN", "eth0")]),
     ({"type": "none"}, [("Private", "yes"), ("VirtualEthernet", "no")]),
     ({"type": "host"}, [("Private", "no"), ("VirtualEthernet", "no")]),
 ])
@@ -48,7 +49,7 @@ def test_networks(network, expected):
     assert sections(ns.render_nspawn({"name": "m", "network": network}))["Network"] == expected
 
 
-@pytest.mark.parametrize("network", [{"type": "bridge"}, {"type": "macvlan"}, {"type": "wifi"},
+@pytest.mark.parametrize("network", [{"type": "bridge"}, {"type": "macvlan"}, {"type": "ipvlan"}, {"type": "wifi"},
                                      {"type": "bridge", "bridge": "bad name"}])
 def test_bad_networks(network):
     with pytest.raises(ns.MachineError):
@@ -116,6 +117,7 @@ def test_firstboot_files():
 
 def test_macvlan_interface_and_digest():
     assert ns.guest_interface({"type": "macvlan", "interface": "enp1s0f0"}) == "mv-enp1s0f0"
+    assert ns.guest_interface({"type": "ipvlan", "interface": "eth0"}) == "iv-eth0"
     assert ns.guest_interface({"type": "none"}) is None
     one = ns.firstboot_digest({"name": "a", "hostname": "x"})
     assert one == ns.firstboot_digest({"name": "b", "hostname": "x", "memory_max": "1G"})

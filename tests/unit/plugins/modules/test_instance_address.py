@@ -128,3 +128,17 @@ def test_absent_without_segment_finds_the_record(net):
     # where the network role was never used there is nothing to remove
     assert run(net, name="web1", state="absent", config_dir=str(net / "nowhere"))["changed"] is False
     assert "segment" in run(net, name="web1")["msg"]
+
+
+def test_a_macvlan_segment_gives_a_macvlan_network_and_refuses_bridge_only_instances(tmp_path):
+    topology = _network.check_topology([{"name": "ext", "kind": "macvlan", "uplink": "eth0", "ipv4": "10.20.3.0/24"}], [], [], "h1.home.arpa")
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "segments.json").write_text(_network.segments_json(topology))
+    vm = run(tmp_path, name="vm1", segment="ext", kinds=["bridge"])
+    assert vm["failed"] is True and "segment 'ext' is a macvlan segment and vm1 attaches only to bridge segments" in vm["msg"]
+    assert "interfaces: [NIC]" in vm["msg"] and not (tmp_path / "net/ext/hosts/vm1").exists()
+    box = run(tmp_path, name="box1", segment="ext")
+    assert box["changed"] is True and (box["kind"], box["link"], box["bridge"]) == ("macvlan", "mv-ext", None)
+    assert box["network"] == {"type": "macvlan", "interface": "eth0", "addresses": [f"{box['ipv4']}/24"],
+                              "gateway": ["10.20.3.1"], "dns": ["10.20.3.1"]}
+    assert not (tmp_path / "net/ext/dhcp-hosts/box1").exists()     # no DHCP on a shared wire unless asked
