@@ -1,0 +1,174 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""replica.cloud's package pipeline (replica-apt-pipeline.service, run by its timer).
+
+Builds the packages declared in /etc/replica/apt/pipeline.json with Debian's own tools, then
+publishes everything built with the replica.cloud.deb_repo module (installed beside this
+script and run by Debian's ansible-core, exactly as Ansible runs it): new versions are added,
+unchanged ones are no change, older ones are pruned to keep_versions, and the signed index
+switches atomically.
+
+- a spec ``{name, version, architecture, description, depends, files: [{dest, content, mode}]}``
+  becomes a .deb with ``dpkg-deb --build --root-owner-group`` (timestamps from SOURCE_DATE_EPOCH,
+  so the same spec always gives the same bytes);
+- a source ``{path}`` (a directory with a ``debian/`` tree) is built with
+  ``dpkg-buildpackage -b -us -uc`` once per changelog version.
+
+A spec or source whose version is already built is not built again: a published version never
+changes (deb_repo refuses the same version with other contents). Exit status 0 on success;
+what it did goes to the journal.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+CONFIG = os.environ.get("REPLICA_APT_PIPELINE_CONFIG", "/etc/replica/apt/pipeline.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULE = os.path.join(HERE, "ansible_collections/replica/cloud/plugins/modules/deb_repo.py")
+EPOCH = "1700000000"   # fixed build time: identical specs give identical packages
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def run(argv, cwd=None, env=None):
+    proc = subprocess.run(argv, cwd=cwd, env=dict(os.environ, LC_ALL="C", **(env or {})),
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def strip_epoch(version):
+    """The version as a .deb's file name has it (no epoch)."""
+    return version.split(":", 1)[1] if ":" in version else version
+
+
+def build_spec(spec, out):
+    name, version = spec["name"], str(spec["version"])
+    arch = spec.get("architecture", "all")
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    deb = os.path.join(out, f"{name}_{strip_epoch(version)}_{arch}.deb")
+    stamp = deb + ".spec"
+    if os.path.exists(deb):
+        with open(stamp, encoding="ascii") as handle:
+            if handle.read().strip() != digest:
+                log(f"spec {name} {version}: changed but kept its version; the published package stays "
+                    f"(give it a new version to publish the change)")
+        return deb, False
+    with tempfile.TemporaryDirectory(dir=out) as root:
+        os.makedirs(os.path.join(root, "DEBIAN"))
+        control = [f"Package: {name}", f"Version: {version}", f"Architecture: {arch}",
+                   f"Maintainer: {spec.get('maintainer', 'replica.cloud package pipeline <root@localhost>')}",
+                   f"Section: {spec.get('section', 'misc')}", f"Priority: {spec.get('priority', 'optional')}"]
+        if spec.get("depends"):
+            depends = spec["depends"]
+            control.append(f"Depends: {', '.join(depends) if isinstance(depends, list) else depends}")
+        description = str(spec.get("description", f"{name}, built by the replica.cloud package pipeline")).strip()
+        first, _nl, rest = description.partition("\n")
+        control.append(f"Description: {first}")
+        control += [f" {line}" if line.strip() else " ." for line in rest.splitlines()]
+        with open(os.path.join(root, "DEBIAN/control"), "w", encoding="utf-8") as handle:
+            handle.write("\n".join(control) + "\n")
+        for item in spec.get("files", []):
+            dest = os.path.join(root, item["dest"].lstrip("/"))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "w", encoding="utf-8") as handle:
+                handle.write(item.get("content", ""))
+            os.chmod(dest, int(str(item.get("mode", "0644")), 8))
+        os.chmod(os.path.join(root, "DEBIAN/control"), 0o644)
+        for directory, dirs, files in os.walk(root):
+            os.chmod(directory, 0o755)   # whatever the service's umask: a package's folders are 0755
+            for entry in dirs + files + ["."]:
+                os.utime(os.path.join(directory, entry), (int(EPOCH), int(EPOCH)), follow_symlinks=False)
+        run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, deb], env={"SOURCE_DATE_EPOCH": EPOCH})
+    with open(stamp, "w", encoding="ascii") as handle:
+        handle.write(digest + "\n")
+    log(f"built {os.path.basename(deb)}")
+    return deb, True
+
+
+def build_source(source, out, work):
+    path = source["path"]
+    if not os.path.isfile(os.path.join(path, "debian/changelog")):
+        raise RuntimeError(f"source {path} has no debian/changelog: give a directory with a debian/ tree")
+    version = run(["dpkg-parsechangelog", "-l", os.path.join(path, "debian/changelog"), "-S", "Version"]).strip()
+    name = run(["dpkg-parsechangelog", "-l", os.path.join(path, "debian/changelog"), "-S", "Source"]).strip()
+    stamp = os.path.join(out, f"{name}_{strip_epoch(version)}.source")
+    if os.path.exists(stamp):
+        with open(stamp, encoding="utf-8") as handle:   # built before (pruned ones are gone for good)
+            return [p for p in (os.path.join(out, line) for line in handle.read().split()) if os.path.exists(p)], False
+    tree = os.path.join(work, name, os.path.basename(path.rstrip("/")))
+    shutil.rmtree(os.path.dirname(tree), ignore_errors=True)
+    shutil.copytree(path, tree, symlinks=True)
+    run(["dpkg-buildpackage", "-b", "-us", "-uc", "--no-sign"], cwd=tree)
+    built = []
+    for deb in glob.glob(os.path.join(os.path.dirname(tree), "*.deb")):
+        shutil.move(deb, os.path.join(out, os.path.basename(deb)))
+        built.append(os.path.basename(deb))
+    shutil.rmtree(os.path.dirname(tree), ignore_errors=True)
+    with open(stamp, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(sorted(built)) + "\n")
+    log(f"built {name} {version}: {', '.join(sorted(built))}")
+    return [os.path.join(out, b) for b in built], True
+
+
+def publish(config, debs):
+    args = {key: config[key] for key in ("path", "suite", "components", "architectures", "origin", "label",
+                                         "signing_key", "gnupg_home", "keep_versions") if config.get(key) is not None}
+    args.update(packages=sorted(debs), state="present")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    try:
+        proc = subprocess.run([sys.executable, MODULE, handle.name], capture_output=True, text=True, check=False,
+                              env=dict(os.environ, LC_ALL="C", PYTHONPATH=HERE))
+    finally:
+        os.unlink(handle.name)
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        raise RuntimeError(f"deb_repo did not answer: {proc.stderr.strip() or proc.stdout.strip()}") from None
+    if result.get("failed"):
+        raise RuntimeError(f"deb_repo: {result.get('msg')}")
+    return result
+
+
+def main():
+    with open(CONFIG, encoding="utf-8") as handle:
+        config = json.load(handle)
+    out = os.path.join(config["work"], "out")
+    os.makedirs(out, exist_ok=True)
+    debs = []
+    for spec in config.get("specs", []):
+        debs.append(build_spec(spec, out)[0])
+    for source in config.get("sources", []):
+        debs += build_source(source, out, os.path.join(config["work"], "src"))[0]
+    if not debs:
+        log("nothing declared to build")
+    result = publish(config, debs)
+    for verb in ("added", "removed"):
+        for item in result.get(verb, []):
+            log(f"{verb} {item['name']} {item['version']} {item['architecture']}")
+    log(f"{config['suite']}: {len(result.get('packages', []))} packages, "
+        f"{'published' if result.get('changed') else 'no change'}; signed by {result.get('fingerprint')}")
+    # what keep_versions pruned from the repository is not offered again
+    kept = {os.path.basename(p["filename"]) for p in result.get("packages", [])}
+    for deb in glob.glob(os.path.join(out, "*.deb")):
+        if os.path.basename(deb) not in kept:
+            os.unlink(deb)
+            log(f"pruned {os.path.basename(deb)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        print(f"replica-apt-pipeline: {exc}", file=sys.stderr)
+        sys.exit(1)
