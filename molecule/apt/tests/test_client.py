@@ -39,6 +39,11 @@ def test_the_package_came_from_the_repository(host):
     assert "o=mol-apt" in host.check_output("apt-cache policy")
 
 
+def test_the_source_trees_package_came_from_the_repository(host):
+    assert host.file("/etc/replica-motd").content_string.strip() == "built from a source tree by the package pipeline"
+    assert host.check_output("dpkg-query -W -f='${Version}' replica-motd") == "1.0"
+
+
 def test_the_source_trusts_the_repository_key_only(host):
     sources = host.file("/etc/apt/sources.list.d/replica-lab.sources").content_string
     assert "Signed-By: /etc/apt/keyrings/replica-lab.asc" in sources

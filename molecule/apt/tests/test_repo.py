@@ -43,7 +43,9 @@ def test_the_pipeline_built_and_published_the_spec(host):
     assert host.file("/srv/apt/pool/main/h/hello-replica/hello-replica_1.0-1_all.deb").exists
     assert host.service("replica-apt-pipeline.timer").is_enabled
     assert host.check_output("systemctl show -p Result --value replica-apt-pipeline.service") == "success"
-    assert "published" in host.check_output("journalctl -u replica-apt-pipeline.service --no-pager -o cat")
+    journal = host.check_output("journalctl -u replica-apt-pipeline.service --no-pager -o cat")
+    assert "published" in journal and "built replica-motd 1.0: replica-motd_1.0_all.deb" in journal
+    assert host.file("/srv/apt/pool/main/r/replica-motd/replica-motd_1.0_all.deb").exists
 
 
 def test_nginx_serves_the_repository(host):
