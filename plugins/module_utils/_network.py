@@ -242,7 +242,7 @@ def networkd_files(segment):
     """``{file name: content}`` for systemd-networkd: the segment's host link (a bridge, or a
     macvlan/ipvlan of its uplink), its addresses, a bridge's enslaved NICs. A macvlan/ipvlan also
     needs a line in its uplink's own .network (see :func:`uplink_dropin`)."""
-    link, kind = segment["link"], segment.get("kind", "bridge")
+    link, kind = segment["link"], segment["kind"]
     netdev = [f"# {HEADER}", "[NetDev]", f"Name={link}", f"Kind={kind}"]
     if kind == "macvlan":
         netdev += ["", "[MACVLAN]", "Mode=bridge"]   # the host's macvlan and the instances' reach each other
@@ -271,7 +271,7 @@ def uplink_dropin(segment):
     on it (``<uplink's .network>.d/50-replica-<segment>.conf``), or None for a bridge segment.
     networkd creates such links only with their parent's configuration, so the role adds this
     drop-in to whichever file configures the uplink and leaves the rest of that file alone."""
-    kind = segment.get("kind", "bridge")
+    kind = segment["kind"]
     if kind == "bridge":
         return None
     return f"# {HEADER}: segment {segment['name']}\n[Network]\n{kind.upper()}={segment['link']}\n"
@@ -295,7 +295,7 @@ def dnsmasq_conf(segment, config_dir="/etc/replica/network"):
                   f"dhcp-option=tag:{name},option:domain-search,{zone}",
                   f"dhcp-hostsdir={config_dir}/{name}/dhcp-hosts",
                   f"dhcp-leasefile=/var/lib/replica-network/{name}/dnsmasq.leases"]
-        if segment.get("kind", "bridge") == "bridge":
+        if segment["kind"] == "bridge":
             # the only DHCP server on its own bridge; on a shared wire (macvlan/ipvlan) another
             # server may own other clients, which an authoritative dnsmasq would NAK
             lines.append("dhcp-authoritative")
