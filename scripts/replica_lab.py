@@ -108,8 +108,10 @@ def free_index(used, subnet=SUBNET):
     raise LabError(f"no free address left in {subnet}: remove lab hosts with 'scripts/lab down'")
 
 
-def nspawn_argv(name, directory, devices, bridge=BRIDGE):
-    """The systemd-nspawn command line that boots a privileged lab host."""
+def nspawn_argv(name, directory, devices, bridge=BRIDGE, binds=()):
+    """The systemd-nspawn command line that boots a privileged lab host; *binds* are more
+    ``SRC[:DST]`` folders of the CI machine to bind (recursively: a mount under SRC, such as a
+    test's FUSE file system, is seen inside)."""
     argv = ["systemd-nspawn", "--quiet", "--boot", f"--machine={name}", f"--directory={directory}",
             # no systemd on the CI machine: do not ask it for a scope or machined registration
             "--register=no", "--keep-unit",
@@ -120,6 +122,7 @@ def nspawn_argv(name, directory, devices, bridge=BRIDGE):
             f"--network-bridge={bridge}", "--resolv-conf=copy-host",
             "--timezone=off", "--console=read-only", "--kill-signal=SIGRTMIN+3"]
     argv += [f"--bind={dev}" for dev in devices]
+    argv += [f"--bind={bind}" for bind in binds]
     return argv
 
 
@@ -402,8 +405,9 @@ class Lab:
             devices.append(node)
         return devices
 
-    def up(self, name, packages=(), timeout=180):
-        """Fork, boot and wait for lab host *name*; return its Machine. Idempotent."""
+    def up(self, name, packages=(), timeout=180, binds=()):
+        """Fork, boot and wait for lab host *name*; return its Machine. Idempotent. *binds*:
+        ``SRC[:DST]`` folders of the CI machine the host sees (read-write)."""
         validate_name(name)
         existing = self.get(name)
         if existing and existing.alive():
@@ -427,7 +431,7 @@ class Lab:
             log = os.path.join(self.run_dir, f"{name}.log")
             with open(log, "w", encoding="utf-8") as handle:
                 proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                    nspawn_argv(name, directory, self._devices()),
+                    nspawn_argv(name, directory, self._devices(), binds=binds),
                     stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
                     start_new_session=True, env=dict(os.environ, **NSPAWN_ENV))
             machine = Machine(name=name, nspawn_pid=proc.pid, leader=0, index=index,
@@ -711,6 +715,8 @@ def main(argv=None):
     p_up.add_argument("--package", "-p", action="append", default=[],
                       help="pre-bake this package into the image (repeatable)")
     p_up.add_argument("--timeout", type=float, default=180)
+    p_up.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
+                      help="a folder of this machine the lab host sees at DST (default SRC); repeatable")
     p_down = sub.add_parser("down", help="stop lab hosts and remove all they left")
     p_down.add_argument("names", nargs="*")
     p_down.add_argument("--all", action="store_true", help="every recorded lab host")
@@ -731,7 +737,7 @@ def main(argv=None):
             raise LabError("lab hosts need root (loop devices, btrfs, nspawn): run as root")
         if args.command == "up":
             for name in args.names:
-                machine = lab.up(name, packages=args.package, timeout=args.timeout)
+                machine = lab.up(name, packages=args.package, timeout=args.timeout, binds=args.bind)
                 print(f"{machine.name}\tleader={machine.leader}\taddress={machine.address}"
                       f"\tfork={machine.fork_seconds}s\tready={machine.boot_seconds}s")
         elif args.command == "down":

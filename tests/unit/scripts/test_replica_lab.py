@@ -57,6 +57,8 @@ def test_nspawn_argv_is_a_privileged_booting_machine():
     assert "--bind=/dev/loop-control" in argv
     assert "--register=no" in argv  # the CI machine has no systemd to register with
     assert replica_lab.NSPAWN_ENV["SYSTEMD_SECCOMP"] == "0"
+    with_binds = replica_lab.nspawn_argv("lab1", "/pool/machines/lab1", [], "br9", binds=["/tmp/sys:/run/sys"])
+    assert with_binds[-1] == "--bind=/tmp/sys:/run/sys"
 
 
 def test_network_unit():
