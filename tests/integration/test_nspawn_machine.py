@@ -115,3 +115,51 @@ def test_lifecycle_names_and_firstboot(lab, lab_host):
     rc, kept = nm({"name": "db1", "state": "absent", "keep_data": True})
     assert rc == 0 and os.path.isdir(os.path.join(machine.directory, "var/lib/machines/db1/etc"))
     assert tree_digest(image_on_host) == before
+
+
+STAND_IN_CUDA = r"""
+int cuDriverGetVersion(int *version) { *version = 12040; return 0; }
+"""
+
+
+def test_gpu_machine_gets_the_nodes_libraries_and_tools(lab, lab_host, tmp_path):
+    """``gpu: true`` without a GPU: the lab host gets device nodes with the NVIDIA driver's major
+    number (195), a stand-in ``libcuda.so.1`` built here (one function, so that loading it proves
+    the bind, not CUDA) registered with ldconfig, and a stand-in ``nvidia-smi``. The machine must
+    see the nodes allowed by its device policy (opening one fails with ENXIO, no driver, not EPERM),
+    the library loadable and read-only, and the tool runnable. Real CUDA needs the GPU machine."""
+    source = tmp_path / "cuda.c"
+    source.write_text(STAND_IN_CUDA)
+    machine = lab_host("it-gpu")
+    image = seed_image(lab, machine)
+    libdir = os.path.join(machine.directory, "usr/lib/x86_64-linux-gnu")
+    run_cc = ["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", os.path.join(libdir, "libcuda.so.1"), str(source)]
+    assert os.spawnvp(os.P_WAIT, run_cc[0], run_cc) == 0
+    with open(os.path.join(machine.directory, "usr/bin/nvidia-smi"), "w", encoding="ascii") as handle:
+        handle.write("#!/bin/sh\necho 'GPU 0: stand-in (UUID: GPU-00000000-0000-0000-0000-000000000000)'\n")
+    os.chmod(os.path.join(machine.directory, "usr/bin/nvidia-smi"), 0o755)
+    lab.exec(machine, ["ldconfig"])
+    for node, minor in (("nvidia0", 0), ("nvidiactl", 255)):
+        lab.exec(machine, ["mknod", "-m", "666", f"/dev/{node}", "c", "195", str(minor)])
+
+    spec = {"name": "cuda1", "image": image.rsplit("/", 1)[-1], "gpu": True, "network": {"type": "none"}}
+    rc, started = run_module("replica.cloud.nspawn_machine", spec, machine=machine)
+    assert rc == 0 and started["state"] == "running", started
+    nspawn = open(os.path.join(machine.directory, "etc/systemd/nspawn/cuda1.nspawn"), encoding="utf-8").read()
+    assert "Bind=/dev/nvidia0" in nspawn and "BindReadOnly=/usr/lib/x86_64-linux-gnu/libcuda.so.1" in nspawn
+    allowed = lab.exec(machine, ["systemctl", "show", "-p", "DeviceAllow", "systemd-nspawn@cuda1.service"]).stdout
+    assert "/dev/nvidia0 rwm" in allowed and "/dev/nvidiactl rwm" in allowed
+
+    probe = ("python3 -c \"import ctypes, errno, os\n"
+             "v = ctypes.c_int(); print(ctypes.CDLL('libcuda.so.1').cuDriverGetVersion(ctypes.byref(v)), v.value)\n"
+             "try:\n    os.open('/dev/nvidia0', os.O_RDWR)\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+             "st = os.stat('/dev/nvidiactl'); print(os.major(st.st_rdev), os.minor(st.st_rdev))\"; "
+             "nvidia-smi; findmnt -no OPTIONS /usr/lib/x86_64-linux-gnu/libcuda.so.1")
+    out = inside(lab, machine, "cuda1", probe).stdout.splitlines()
+    assert out[0] == "0 12040"           # the host's library, loaded in the machine
+    assert out[1] == "ENXIO"             # the device policy lets it open the node; the CI kernel has no driver behind it
+    assert out[2] == "195 255"
+    assert out[3].startswith("GPU 0: stand-in")
+    assert out[4].split(",")[0] == "ro"  # a read-only bind of the host's file
+    rc, dummy = run_module("replica.cloud.nspawn_machine", {"name": "cuda1", "state": "absent"}, machine=machine)
+    assert rc == 0
