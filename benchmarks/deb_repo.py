@@ -17,8 +17,10 @@ one suite, one component, amd64, signed (InRelease and Release.gpg):
              ``aptly repo add`` + ``aptly publish update`` (Packages, .gz, .bz2: aptly writes no xz).
 
 Each incremental add is timed alone (wall time of the commands); the table gives the median, min
-and max. The last row is what any module costs here: an AnsibleModule that does nothing (Python
-and ansible.module_utils.basic starting, exit_json). Every repository is then read by apt (a
+and max. deb_repo is a module, so each of its runs pays what any module costs (Python and
+ansible.module_utils.basic starting, exit_json: the last row, an AnsibleModule doing nothing);
+so the adds of reprepro and aptly are also timed as a playbook runs them, through
+ansible.builtin.command (``python -m ansible.modules.command ARGS.json``, one task per command). Every repository is then read by apt (a
 private configuration) to check it holds N + adds packages and verifies. reprepro and aptly are installed with apt-get when missing (they are not
 part of scripts/setup).
 """
@@ -151,21 +153,37 @@ def floor(work, runs):
     return [timed([sys.executable, path, args])[0] for dummy in range(runs)]
 
 
-def bench_reprepro(work, initial, adds, key, home):
-    base = os.path.join(work, "reprepro")
+def command_task(work, argv, env, tag):
+    """*argv* run as an ``ansible.builtin.command`` task runs it (the module with its arguments file)."""
+    path = os.path.join(work, f"args-task-{tag}.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": {"argv": argv}}, handle)
+    took, out = timed([sys.executable, "-m", "ansible.modules.command", path], env=env)
+    result = json.loads(out)
+    if result.get("failed") or result.get("rc"):
+        raise BenchError(f"command task {' '.join(argv[:3])}...: {result.get('msg')} {result.get('stderr', '')[-500:]}")
+    return took
+
+
+def bench_reprepro(work, initial, adds, key, home, tasks=False):
+    base = os.path.join(work, "reprepro-tasks" if tasks else "reprepro")
     os.makedirs(os.path.join(base, "conf"))
     with open(os.path.join(base, "conf", "distributions"), "w", encoding="ascii") as handle:
         handle.write(f"Origin: bench\nCodename: {SUITE}\nSuite: {SUITE}\nArchitectures: {ARCH}\nComponents: main\n"
                      f"SignWith: {key}\nDebIndices: Packages Release . .gz .xz\n")
     env = dict(os.environ, GNUPGHOME=home, LC_ALL="C")
     first, dummy = timed(["reprepro", "-b", base, "--silent", "includedeb", SUITE, *initial], env=env)
-    times = [timed(["reprepro", "-b", base, "--silent", "includedeb", SUITE, deb], env=env)[0] for deb in adds]
+    if tasks:
+        times = [command_task(work, ["reprepro", "-b", base, "--silent", "includedeb", SUITE, deb], env, f"r{i}")
+                 for i, deb in enumerate(adds)]
+    else:
+        times = [timed(["reprepro", "-b", base, "--silent", "includedeb", SUITE, deb], env=env)[0] for deb in adds]
     return base, first, times
 
 
-def bench_aptly(work, initial, adds, key, home):
-    base = os.path.join(work, "aptly")
-    config = os.path.join(work, "aptly.conf")
+def bench_aptly(work, initial, adds, key, home, tasks=False):
+    base = os.path.join(work, "aptly-tasks" if tasks else "aptly")
+    config = os.path.join(work, "aptly-tasks.conf" if tasks else "aptly.conf")
     with open(config, "w", encoding="utf-8") as handle:
         json.dump({"rootDir": base, "architectures": [ARCH], "gpgProvider": "gpg", "gpgDisableSign": False,
                    "gpgDisableVerify": False, "downloadConcurrency": 1}, handle)
@@ -173,7 +191,7 @@ def bench_aptly(work, initial, adds, key, home):
     aptly = ["aptly", f"-config={config}"]
     sign = [f"-gpg-key={key}", "-batch"]
     run(aptly + ["repo", "create", f"-distribution={SUITE}", "-component=main", "bench"], env=env)
-    listdir = os.path.join(work, "aptly-initial")
+    listdir = os.path.join(work, "aptly-initial-tasks" if tasks else "aptly-initial")
     os.makedirs(listdir)
     for deb in initial:
         os.link(deb, os.path.join(listdir, os.path.basename(deb)))
@@ -182,7 +200,11 @@ def bench_aptly(work, initial, adds, key, home):
     run(aptly + ["publish", "repo", *sign, f"-architectures={ARCH}", "-origin=bench", "bench"], env=env)
     first = time.monotonic() - started
     times = []
-    for deb in adds:
+    for index, deb in enumerate(adds):
+        if tasks:
+            times.append(command_task(work, aptly + ["repo", "add", "bench", deb], env, f"a{index}")
+                         + command_task(work, aptly + ["publish", "update", *sign, SUITE], env, f"p{index}"))
+            continue
         started = time.monotonic()
         run(aptly + ["repo", "add", "bench", deb], env=env)
         run(aptly + ["publish", "update", *sign, SUITE], env=env)
@@ -243,8 +265,10 @@ def main():
                     ("deb_repo (by_hash: false)", lambda adds: bench_deb_repo(work, initial, adds, key, home, False))]
         if "reprepro" in others:
             variants.append((f"reprepro {version_of('reprepro')}", lambda adds: bench_reprepro(work, initial, adds, key, home)))
+            variants.append(("reprepro, as a command task", lambda adds: bench_reprepro(work, initial, adds, key, home, True)))
         if "aptly" in others:
             variants.append((f"aptly {version_of('aptly')}", lambda adds: bench_aptly(work, initial, adds, key, home)))
+            variants.append(("aptly, as two command tasks", lambda adds: bench_aptly(work, initial, adds, key, home, True)))
         for index, (label, bench) in enumerate(variants):
             adds = build_debs(os.path.join(work, f"adds{index}"), [f"bench-add{index}-{i:03d}" for i in range(args.adds)])
             log(f"{label}: publishing {args.packages}, then {args.adds} adds of one")
