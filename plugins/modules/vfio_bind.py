@@ -191,6 +191,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _vfio as vfio
+from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
 
 ENV = {"LC_ALL": "C"}
 MESSAGES = {errno.EBUSY: "busy", errno.ENODEV: "the driver does not take this device", errno.EINVAL: "invalid",
@@ -399,32 +400,19 @@ class Files:
         self.written, self.removed = [], []
         self.undo = []  # (path, previous contents or None)
 
-    @staticmethod
-    def current(path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return None
-
     def put(self, path, text, same=None):
-        old = self.current(path)
+        old = read_text(path)
         if old is not None and (old == text or (same is not None and same(old))):
             return
         self.written.append(path)
         if self.check_mode:
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
         self.undo.append((path, old))
-        os.replace(tmp, path)
+        write_text(path, text)
 
     def drop(self, path, prune=False):
         """Remove *path*; with *prune*, its folder too when it is left empty."""
-        old = self.current(path)
+        old = read_text(path)
         if old is None:
             return
         self.removed.append(path)
@@ -443,9 +431,7 @@ class Files:
                 if old is None:
                     os.unlink(path)
                 else:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    with open(path, "w", encoding="utf-8") as handle:
-                        handle.write(old)
+                    write_text(path, old)
             except OSError:
                 pass
 
