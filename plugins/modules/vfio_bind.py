@@ -203,6 +203,7 @@ class Sysfs:
 
     def __init__(self, root):
         self.root = root
+        self.live = os.path.realpath(root) == "/sys"  # the running kernel's: modprobe, driverctl/mdevctl, the CPU
 
     def path(self, *parts):
         return os.path.join(self.root, *parts)
@@ -363,14 +364,20 @@ class Mover:
             raise vfio.VfioError(f"{address} is on {now['driver']} (override {now['override']}), not back on "
                                  f"{before['driver']} (override {before['override']})")
 
-    def create_mdev(self, parent, item):
+    def _create(self, parent, item):
         path = os.path.join(self.sysfs.device_dir(parent), "mdev_supported_types", item["type"], "create")
         self.sysfs.write(path, item["uuid"], f"creating mediated device {item['uuid']} ({item['type']}) on {parent}")
+
+    def _remove(self, item):
+        path = self.sysfs.path("bus", "mdev", "devices", item["uuid"], "remove")
+        self.sysfs.write(path, "1", f"removing mediated device {item['uuid']}")
+
+    def create_mdev(self, parent, item):
+        self._create(parent, item)
         self.journal.append(("mdev+", parent, item))
 
     def remove_mdev(self, parent, item):
-        path = self.sysfs.path("bus", "mdev", "devices", item["uuid"], "remove")
-        self.sysfs.write(path, "1", f"removing mediated device {item['uuid']}")
+        self._remove(item)
         self.journal.append(("mdev-", parent, item))
 
     def rollback(self):
@@ -382,11 +389,9 @@ class Mover:
                 if kind == "pci":
                     self.restore(where, what)
                 elif kind == "mdev+":
-                    self.sysfs.write(self.sysfs.path("bus", "mdev", "devices", what["uuid"], "remove"), "1",
-                                     f"removing mediated device {what['uuid']}")
+                    self._remove(what)
                 else:
-                    self.sysfs.write(os.path.join(self.sysfs.device_dir(where), "mdev_supported_types", what["type"], "create"),
-                                     what["uuid"], f"creating mediated device {what['uuid']} again")
+                    self._create(where, what)
             except (vfio.VfioError, OSError) as exc:
                 left.append(str(exc))
         return left
@@ -438,9 +443,8 @@ class Files:
 
 def live_checks(module, sysfs, params, need_vfio):
     """On the live system: vfio-pci loaded (modprobe), driverctl/mdevctl there for persist."""
-    live = os.path.realpath(sysfs.root) == "/sys"
     if need_vfio and not os.path.isdir(sysfs.driver_dir(vfio.VFIO)):
-        if not live:
+        if not sysfs.live:
             raise vfio.VfioError(f"vfio-pci is not loaded in sysfs_root {sysfs.root} (no bus/pci/drivers/vfio-pci)")
         if not module.check_mode:
             rc, out, err = module.run_command([module.get_bin_path("modprobe", required=True), "vfio-pci"],
@@ -448,7 +452,7 @@ def live_checks(module, sysfs, params, need_vfio):
             if rc != 0 or not os.path.isdir(sysfs.driver_dir(vfio.VFIO)):
                 raise vfio.VfioError(f"modprobe vfio-pci failed (rc={rc}): {(err or out).strip()}: install the kernel's "
                                      f"modules (linux-image-*), or build vfio-pci in")
-    if live and params["persist"] and params["state"] == "bound":
+    if sysfs.live and params["persist"] and params["state"] == "bound":
         tool = "mdevctl" if params["mdev"] else "driverctl"
         if not module.get_bin_path(tool):
             raise vfio.VfioError(f"persist: true keeps this with {tool}'s definitions, loaded at boot by {tool}: install "
@@ -467,13 +471,13 @@ def cpu_vendor():
 
 
 def resolve(sysfs, wanted, state):
-    """The addresses *wanted* names (an address, or every device with the ids)."""
+    """The devices *wanted* names (an address, or every device with the ids), read: address -> device."""
     if "address" in wanted:
         if not os.path.isdir(sysfs.device_dir(wanted["address"])):
             raise vfio.VfioError(f"there is no PCI device {wanted['address']} (in {sysfs.path('bus', 'pci', 'devices')}; "
                                  f"lspci -D lists the host's)")
-        return [wanted["address"]]
-    found = [a for a in sysfs.addresses() if vfio.matches(sysfs.device(a), wanted["ids"])]
+        return {wanted["address"]: sysfs.device(wanted["address"])}
+    found = {a: dev for a, dev in ((a, sysfs.device(a)) for a in sysfs.addresses()) if vfio.matches(dev, wanted["ids"])}
     if not found and state == "bound":
         raise vfio.VfioError(f"no PCI device has the ids {':'.join(wanted['ids'])} (lspci -nn lists the host's)")
     return found
@@ -481,14 +485,13 @@ def resolve(sysfs, wanted, state):
 
 def run_pci(module, sysfs, params, result, files, mover):
     state = params["state"]
-    targets = resolve(sysfs, vfio.parse_device(params["device"]), state)
+    devices = resolve(sysfs, vfio.parse_device(params["device"]), state)
+    targets = list(devices)
     if state == "bound" and params["driver"]:
         raise vfio.VfioError("driver names the host driver to return devices to: it goes with state=unbound")
     if state == "bound" and not sysfs.iommu_on():
-        live = os.path.realpath(sysfs.root) == "/sys"  # another tree's CPU is not this one's: both hints
         raise vfio.VfioError(f"the IOMMU is off ({sysfs.path('kernel', 'iommu_groups')} is empty), so nothing can be "
-                             f"passed through: {vfio.iommu_hint(cpu_vendor() if live else None)}")
-    devices = {a: sysfs.device(a) for a in targets}
+                             f"passed through: {vfio.iommu_hint(cpu_vendor() if sysfs.live else None)}")  # another tree: both
     groups = {}
     for dev in list(devices.values()):
         if dev["group"] is not None and dev["group"] not in groups:
@@ -544,15 +547,14 @@ def run_mdev(module, sysfs, params, result, files, mover):
     wanted = vfio.parse_device(params["device"])
     if "address" not in wanted:
         raise vfio.VfioError("with mdev, device is the parent's PCI address (0000:3b:00.0), not ids")
-    parent = resolve(sysfs, wanted, "bound")[0]
+    parent, parent_dev = next(iter(resolve(sysfs, wanted, "bound").items()))
     items = vfio.check_mdevs(params["mdev"])
     existing = sysfs.mdevs()
     the_plan = vfio.mdev_plan(parent, items, existing, params["state"])
     if the_plan["create"]:
         types = sysfs.mdev_types(parent)
         if types is None:
-            dev = sysfs.device(parent)
-            raise vfio.VfioError(f"{vfio.label(dev)} offers no mediated device types (no mdev_supported_types): its "
+            raise vfio.VfioError(f"{vfio.label(parent_dev)} offers no mediated device types (no mdev_supported_types): its "
                                  f"driver must be one that supports mdev (a vGPU host driver, i915 with GVT-g...) and "
                                  f"be bound to it")
         for kind in sorted({i["type"] for i in the_plan["create"]}):
