@@ -14,6 +14,7 @@ Public entry points: :class:`Lab` (used by the pytest fixtures) and ``main`` (``
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -47,7 +48,9 @@ BASE_PACKAGES = (
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 BRIDGE = os.environ.get("REPLICA_LAB_BRIDGE", "rlab0")
 SUBNET = ipaddress.ip_network(os.environ.get("REPLICA_LAB_SUBNET", "10.213.0.0/24"))
-NFT_TABLE = "replica_lab"
+#: Machine-wide registry of the labs running here (one file per lab: its bridge, subnet, NAT
+#: table), shared by every lab so that they can check each other and share ip_forward.
+LABS_DIR = "/run/replica-labs"
 PATH_IN_MACHINE = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Devices a privileged lab host gets, where the CI machine has them.
 CHAR_DEVICES = ("/dev/loop-control", "/dev/btrfs-control", "/dev/net/tun", "/dev/kvm",
@@ -89,6 +92,48 @@ def image_key(suite, packages, sources, aptopts=(), fmt=IMAGE_FORMAT):
     doc = json.dumps({"format": fmt, "suite": suite, "packages": sorted(set(packages)),
                       "sources": sources, "aptopts": list(aptopts)}, sort_keys=True)
     return f"{suite}-{hashlib.sha256(doc.encode()).hexdigest()[:16]}"
+
+
+def lab_id(run_dir):
+    """Short, stable identifier of the lab whose state lives in *run_dir*: it names the lab's NAT
+    table and its entry in LABS_DIR, so that labs on one machine never touch each other's."""
+    digest = hashlib.sha256(os.path.realpath(run_dir).encode()).digest()
+    return base64.b32encode(digest).decode().lower()[:10]
+
+
+def lab_conflicts(me, others):
+    """Why lab *me* cannot run beside the labs *others* (dicts with ``id``, ``run_dir``,
+    ``bridge``, ``subnet``): the same bridge, or overlapping subnets. A list of messages."""
+    problems = []
+    mine = ipaddress.ip_network(me["subnet"])
+    for other in others:
+        if other["id"] == me["id"]:
+            continue
+        if other["bridge"] == me["bridge"]:
+            problems.append(f"the lab of {other['run_dir']} uses bridge {other['bridge']}")
+        if ipaddress.ip_network(other["subnet"]).overlaps(mine):
+            problems.append(f"the lab of {other['run_dir']} uses subnet {other['subnet']}")
+    return problems
+
+
+def forward_after(orig, holders_before, holders_after):
+    """What to write to ``net.ipv4.ip_forward`` when the labs holding it change from
+    *holders_before* to *holders_after*: "1" while any lab holds it, *orig* (the value before
+    the first lab) when the last one lets go, None when nothing is to be written."""
+    if holders_after:
+        return "1"
+    if holders_before and orig is not None:
+        return orig
+    return None
+
+
+def nat_rules(table, subnet, bridge):
+    """The lab's NAT table: its hosts reach the package registries through the CI machine."""
+    return (f"table inet {table} {{\n"
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            f"    ip saddr {subnet} oifname != \"{bridge}\" masquerade\n"
+            "  }\n}\n")
 
 
 def machine_address(index, subnet=SUBNET):
@@ -185,11 +230,16 @@ def _is_zombie(pid):
 class Lab:
     """The lab: a btrfs pool on a loop image, an image cache and the lab hosts forked from it."""
 
-    def __init__(self, root=None, pool_size=None, run_dir=None, suite=None):
+    def __init__(self, root=None, pool_size=None, run_dir=None, suite=None, bridge=None, subnet=None):
         self.root = root or os.environ.get("REPLICA_LAB_DIR", "/var/lib/replica-lab")
         self.pool_size = pool_size or os.environ.get("REPLICA_LAB_POOL_SIZE", "40G")
         self.run_dir = run_dir or os.environ.get("REPLICA_LAB_RUN", "/run/replica-lab")
         self.suite = suite or os.environ.get("REPLICA_LAB_SUITE", DEFAULT_SUITE)
+        self.bridge = bridge or BRIDGE
+        self.subnet = ipaddress.ip_network(subnet) if subnet else SUBNET
+        self.id = lab_id(self.run_dir)
+        #: the lab's own NAT table (two labs on one machine each have theirs)
+        self.nft_table = f"replica_lab_{self.id}"
         self.image_file = os.path.join(self.root, "pool.img")
         self.pool = os.path.join(self.root, "pool")
         self.images = os.path.join(self.pool, "images")
@@ -356,42 +406,89 @@ class Lab:
 
     # -- host network ------------------------------------------------------------------------
     def _ensure_network(self):
-        """Bridge, address and NAT towards the package registries, made once, removed by down."""
-        gateway = next(SUBNET.hosts())
-        if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
-            run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-            run(["ip", "addr", "add", f"{gateway}/{SUBNET.prefixlen}", "dev", BRIDGE])
-            run(["ip", "link", "set", BRIDGE, "up"])
-        state = os.path.join(self.run_dir, "ip_forward.orig")
-        if not os.path.exists(state):
-            with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as handle:
-                orig = handle.read().strip()
-            with open(state, "w", encoding="ascii") as handle:
-                handle.write(orig)
-        with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
-            handle.write("1")
-        if run(["nft", "list", "table", "inet", NFT_TABLE], check=False).returncode != 0:
-            rules = (f"table inet {NFT_TABLE} {{\n"
-                     "  chain postrouting {\n"
-                     "    type nat hook postrouting priority srcnat; policy accept;\n"
-                     f"    ip saddr {SUBNET} oifname != \"{BRIDGE}\" masquerade\n"
-                     "  }\n}\n")
-            subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+        """Bridge, address and NAT towards the package registries, made once, removed by down.
+        Called under the lab lock. The lab registers in LABS_DIR first: a lab whose bridge or
+        subnet another running lab uses is refused, and ip_forward is turned on while any lab on
+        the machine holds it and restored by the last one (see _teardown_network)."""
+        gateway = next(self.subnet.hosts())
+        with self._labs_lock():
+            others = self._running_labs()
+            problems = lab_conflicts(self._entry(), others)
+            if problems:
+                raise LabError("; ".join(problems) + ": give this lab a bridge and subnet of its own "
+                               "(REPLICA_LAB_BRIDGE, REPLICA_LAB_SUBNET)")
+            orig_path = os.path.join(LABS_DIR, "ip_forward.orig")
+            if not others and not os.path.exists(orig_path):
+                with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as handle:
+                    orig = handle.read().strip()
+                with open(orig_path, "w", encoding="ascii") as handle:
+                    handle.write(orig)
+            with open(self._entry_path(), "w", encoding="utf-8") as handle:
+                json.dump(self._entry(), handle)
+            with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
+                handle.write("1")
+        if run(["ip", "link", "show", self.bridge], check=False).returncode != 0:
+            run(["ip", "link", "add", self.bridge, "type", "bridge"])
+            run(["ip", "addr", "add", f"{gateway}/{self.subnet.prefixlen}", "dev", self.bridge])
+            run(["ip", "link", "set", self.bridge, "up"])
+        if run(["nft", "list", "table", "inet", self.nft_table], check=False).returncode != 0:
+            subprocess.run(["nft", "-f", "-"], input=nat_rules(self.nft_table, self.subnet, self.bridge),
+                           text=True, check=True)
         return gateway
 
     def _teardown_network(self):
-        """Remove the bridge and NAT once no lab host is left."""
+        """Remove the bridge, the NAT table and the lab's registration once no lab host of this
+        lab is left; the last lab on the machine restores ip_forward."""
         if self.list():
             return
-        run(["nft", "delete", "table", "inet", NFT_TABLE], check=False)
-        run(["ip", "link", "del", BRIDGE], check=False)
-        state = os.path.join(self.run_dir, "ip_forward.orig")
-        if os.path.exists(state):
-            with open(state, encoding="ascii") as handle:
-                orig = handle.read().strip()
-            with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
-                handle.write(orig)
-            os.unlink(state)
+        run(["nft", "delete", "table", "inet", self.nft_table], check=False)
+        run(["ip", "link", "del", self.bridge], check=False)
+        with self._labs_lock():
+            before = [lab["id"] for lab in self._running_labs()] + [self.id]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._entry_path())
+            after = [lab["id"] for lab in self._running_labs()]
+            orig_path = os.path.join(LABS_DIR, "ip_forward.orig")
+            orig = _read(orig_path).strip() if os.path.exists(orig_path) else None
+            value = forward_after(orig, before, after)
+            if value is not None and not after:
+                with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
+                    handle.write(value)
+                os.unlink(orig_path)
+
+    def _entry(self):
+        return {"id": self.id, "root": self.root, "run_dir": self.run_dir, "bridge": self.bridge,
+                "subnet": str(self.subnet), "nft_table": self.nft_table}
+
+    def _entry_path(self):
+        return os.path.join(LABS_DIR, f"{self.id}.json")
+
+    @contextlib.contextmanager
+    def _labs_lock(self):
+        os.makedirs(LABS_DIR, exist_ok=True)
+        with open(os.path.join(LABS_DIR, ".lock"), "w", encoding="ascii") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    @staticmethod
+    def _running_labs():
+        """The labs registered in LABS_DIR that still have a live lab host (a lab killed
+        without its teardown is forgotten here)."""
+        labs = []
+        for entry in sorted(os.listdir(LABS_DIR)) if os.path.isdir(LABS_DIR) else []:
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(LABS_DIR, entry), encoding="utf-8") as handle:
+                    lab = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            if any(m.alive() for m in Lab(root=lab["root"], run_dir=lab["run_dir"]).list()):
+                labs.append(lab)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(LABS_DIR, entry))
+        return labs
 
     # -- machines --------------------------------------------------------------------------
     @staticmethod
@@ -417,8 +514,8 @@ class Lab:
         image = self.image(packages)
         with self.lock():
             used = {m.index for m in self.list()}
-            index = free_index(used)
-            address = machine_address(index)
+            index = free_index(used, self.subnet)
+            address = machine_address(index, self.subnet)
             directory = os.path.join(self.machines, name)
             if os.path.exists(directory):
                 self._delete_subvolume(directory)
@@ -427,11 +524,11 @@ class Lab:
             started = time.monotonic()
             run(["btrfs", "subvolume", "snapshot", image, directory])
             fork_seconds = time.monotonic() - started
-            self._personalise(directory, name, address, gateway)
+            self._personalise(directory, name, address, gateway, self.subnet.prefixlen)
             log = os.path.join(self.run_dir, f"{name}.log")
             with open(log, "w", encoding="utf-8") as handle:
                 proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                    nspawn_argv(name, directory, self._devices(), binds=binds),
+                    nspawn_argv(name, directory, self._devices(), bridge=self.bridge, binds=binds),
                     stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
                     start_new_session=True, env=dict(os.environ, **NSPAWN_ENV))
             machine = Machine(name=name, nspawn_pid=proc.pid, leader=0, index=index,
@@ -466,14 +563,14 @@ class Lab:
         os.replace(f"{path}.tmp", path)
 
     @staticmethod
-    def _personalise(directory, name, address, gateway):
+    def _personalise(directory, name, address, gateway, prefixlen):
         """Per-machine settings written into the fork before it boots (never into the image)."""
         with open(os.path.join(directory, "etc/hostname"), "w", encoding="ascii") as handle:
             handle.write(f"{name}\n")
         netdir = os.path.join(directory, "etc/systemd/network")
         os.makedirs(netdir, exist_ok=True)
         with open(os.path.join(netdir, "10-replica-lab.network"), "w", encoding="ascii") as handle:
-            handle.write(network_unit(address, gateway, SUBNET.prefixlen))
+            handle.write(network_unit(address, gateway, prefixlen))
 
     @staticmethod
     def _wait_leader(proc, machine, timeout):

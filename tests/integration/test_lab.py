@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -29,7 +32,7 @@ def test_boots_full_systemd_with_network(lab, lab_host):
     assert lab.exec(machine, ["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
     # its own network namespace, joined to the CI machine by the lab bridge
     assert machine.address in lab.exec(machine, ["ip", "-4", "-o", "addr", "show", "host0"]).stdout
-    gateway = str(next(replica_lab.SUBNET.hosts()))
+    gateway = str(next(lab.subnet.hosts()))
     assert lab.exec(machine, ["ping", "-c1", "-W5", gateway], check=False).returncode == 0
     # the fork is a btrfs snapshot of the cached image: a write inside leaves the image alone
     sh(lab, machine, "echo written > /etc/replica-probe")
@@ -114,7 +117,101 @@ def test_network_removed_with_last_host(lab):
     if lab.list():
         pytest.skip("other lab hosts are running: the shared bridge stays while they do")
     with lab.host("it-net"):
-        assert replica_lab.run(["ip", "link", "show", replica_lab.BRIDGE], check=False).returncode == 0
-    assert replica_lab.run(["ip", "link", "show", replica_lab.BRIDGE], check=False).returncode != 0
-    assert replica_lab.run(["nft", "list", "table", "inet", replica_lab.NFT_TABLE],
-                           check=False).returncode != 0
+        assert replica_lab.run(["ip", "link", "show", lab.bridge], check=False).returncode == 0
+    assert replica_lab.run(["ip", "link", "show", lab.bridge], check=False).returncode != 0
+    assert replica_lab.run(["nft", "list", "table", "inet", lab.nft_table], check=False).returncode != 0
+
+
+#: a TCP server in a network namespace standing for "the outside": it answers each connection
+#: with the address it came from, so a lab host learns whether its lab's NAT rewrote it
+PEER_ECHO = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("198.51.100.2", 8099))
+srv.listen(4)
+srv.settimeout(120)
+print("ready", flush=True)
+for _ in range(int(sys.argv[1])):
+    conn, peer = srv.accept()
+    conn.sendall(peer[0].encode())
+    conn.close()
+"""
+
+ASK_PEER = ("import socket; s = socket.create_connection(('198.51.100.2', 8099), timeout=10); "
+            "print(s.recv(64).decode())")
+
+
+def _forward():
+    with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as handle:
+        return handle.read().strip()
+
+
+def test_two_labs_at_once(lab, lab_host, tmp_path):
+    """A second lab (its own REPLICA_LAB_DIR, REPLICA_LAB_RUN, bridge and subnet) runs beside the
+    default one: each has its own NAT table, both hosts reach the outside through NAT, the first
+    lab going down leaves the second its NAT and ip_forward, and the last one restores
+    ip_forward. A lab that would share a bridge with a running one is refused."""
+    if lab.list():
+        pytest.skip("other lab hosts are running: ip_forward's original value is not known")
+    orig = _forward()
+    other = replica_lab.Lab(root=str(tmp_path / "lab2"), run_dir=str(tmp_path / "run2"), pool_size="4G",
+                            bridge="rlab-it2", subnet="10.214.99.0/24")
+    assert other.nft_table != lab.nft_table
+    ns, proc = "rlab-it-out", None
+    try:
+        # the second lab's pool gets the first one's base image by btrfs send/receive (no rebuild)
+        os.makedirs(other.root)
+        other.ensure_pool()
+        image = lab.image()
+        send = subprocess.Popen(["btrfs", "send", "-q", image], stdout=subprocess.PIPE)
+        subprocess.run(["btrfs", "receive", "-q", other.images], stdin=send.stdout, check=True)
+        assert send.wait() == 0
+        shutil.copy(f"{image}.json", other.images)
+
+        first = lab_host("it-lab-a")
+        # same bridge as the running default lab: refused before anything is made
+        clash = replica_lab.Lab(root=lab.root, run_dir=str(tmp_path / "run3"))
+        with pytest.raises(replica_lab.LabError, match="REPLICA_LAB_BRIDGE"):
+            clash.up("it-lab-c")
+        assert clash.leftovers("it-lab-c")["directory"] == []
+        second = other.up("it-lab-b")
+        assert second.address.startswith("10.214.99.")
+        for table in (lab.nft_table, other.nft_table):
+            assert replica_lab.run(["nft", "list", "table", "inet", table], check=False).returncode == 0
+        assert _forward() == "1"
+
+        # "the outside": a namespace behind a veth of the CI machine
+        for argv in (["ip", "netns", "add", ns],
+                     ["ip", "link", "add", "rlab-it-o0", "type", "veth", "peer", "name", "eth0", "netns", ns],
+                     ["ip", "addr", "add", "198.51.100.1/24", "dev", "rlab-it-o0"],
+                     ["ip", "link", "set", "rlab-it-o0", "up"],
+                     ["ip", "-n", ns, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
+                     ["ip", "-n", ns, "link", "set", "eth0", "up"]):
+            replica_lab.run(argv)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", PEER_ECHO, "3"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        ask = ["python3", "-c", ASK_PEER]
+        assert lab.exec(first, ask).stdout.strip() == "198.51.100.1"    # masqueraded by its lab
+        assert other.exec(second, ask).stdout.strip() == "198.51.100.1"
+
+        # the default lab goes first: the second keeps its NAT and ip_forward
+        lab.down(first.name)
+        assert replica_lab.run(["nft", "list", "table", "inet", lab.nft_table], check=False).returncode != 0
+        assert _forward() == "1"
+        assert other.exec(second, ask).stdout.strip() == "198.51.100.1"
+        other.down(second.name)
+        assert replica_lab.run(["nft", "list", "table", "inet", other.nft_table], check=False).returncode != 0
+        assert replica_lab.run(["ip", "link", "show", other.bridge], check=False).returncode != 0
+        assert _forward() == orig
+    finally:
+        if proc:
+            proc.kill()
+            proc.wait()
+        replica_lab.run(["ip", "netns", "del", ns], check=False)
+        replica_lab.run(["ip", "link", "del", "rlab-it-o0"], check=False)
+        other.down("it-lab-b")
+        if os.path.ismount(other.pool):
+            replica_lab.run(["umount", other.pool])
+        shutil.rmtree(other.root, ignore_errors=True)

@@ -64,3 +64,39 @@ def test_nspawn_argv_is_a_privileged_booting_machine():
 def test_network_unit():
     unit = replica_lab.network_unit("10.9.0.2", "10.9.0.1", 24)
     assert "Name=host0" in unit and "Address=10.9.0.2/24" in unit and "Gateway=10.9.0.1" in unit
+
+
+def test_lab_id_is_stable_and_differs_per_run_dir():
+    first = replica_lab.lab_id("/run/replica-lab")
+    assert first == replica_lab.lab_id("/run/replica-lab/") and len(first) == 10
+    assert first != replica_lab.lab_id("/run/replica-lab-2")
+    # it names an nft table: letters and digits only
+    assert first.isalnum()
+
+
+def test_lab_conflicts_names_the_other_lab():
+    me = {"id": "a", "run_dir": "/run/a", "bridge": "rlab0", "subnet": "10.213.0.0/24"}
+    same = dict(me)
+    clash = {"id": "b", "run_dir": "/run/b", "bridge": "rlab0", "subnet": "10.213.0.128/25"}
+    apart = {"id": "c", "run_dir": "/run/c", "bridge": "rlab1", "subnet": "10.214.0.0/24"}
+    assert replica_lab.lab_conflicts(me, [same, apart]) == []
+    problems = replica_lab.lab_conflicts(me, [clash])
+    assert problems == ["the lab of /run/b uses bridge rlab0", "the lab of /run/b uses subnet 10.213.0.128/25"]
+
+
+@pytest.mark.parametrize("orig, before, after, value", [
+    ("0", [], ["a"], "1"),         # the first lab turns it on
+    ("0", ["a"], ["a", "b"], "1"),  # a second lab keeps it on
+    ("0", ["a", "b"], ["b"], "1"),  # the first going leaves it on for the second
+    ("0", ["b"], [], "0"),          # the last one restores the value before the first
+    ("1", ["b"], [], "1"),
+    (None, [], [], None),           # nothing held, nothing recorded: leave it alone
+])
+def test_forward_follows_the_labs_holding_it(orig, before, after, value):
+    assert replica_lab.forward_after(orig, before, after) == value
+
+
+def test_nat_rules_are_the_labs_own():
+    rules = replica_lab.nat_rules("replica_lab_x", ipaddress.ip_network("10.214.0.0/24"), "rlab1")
+    assert rules.startswith("table inet replica_lab_x {")
+    assert 'ip saddr 10.214.0.0/24 oifname != "rlab1" masquerade' in rules
