@@ -502,16 +502,17 @@ class Lab:
             devices.append(node)
         return devices
 
-    def up(self, name, packages=(), timeout=180, binds=()):
+    def up(self, name, packages=(), timeout=180, binds=(), suite=None):
         """Fork, boot and wait for lab host *name*; return its Machine. Idempotent. *binds*:
-        ``SRC[:DST]`` folders of the CI machine the host sees (read-write)."""
+        ``SRC[:DST]`` folders of the CI machine the host sees (read-write); *suite*: the Debian
+        release of its image (default: the lab's, REPLICA_LAB_SUITE)."""
         validate_name(name)
         existing = self.get(name)
         if existing and existing.alive():
             return existing
         if existing:
             self.down(name)
-        image = self.image(packages)
+        image = self.image(packages, suite=suite)
         with self.lock():
             used = {m.index for m in self.list()}
             index = free_index(used, self.subnet)
@@ -812,6 +813,8 @@ def main(argv=None):
     p_up.add_argument("--package", "-p", action="append", default=[],
                       help="pre-bake this package into the image (repeatable)")
     p_up.add_argument("--timeout", type=float, default=180)
+    p_up.add_argument("--suite", help=f"Debian release of its image (default {DEFAULT_SUITE}, "
+                                      "or REPLICA_LAB_SUITE)")
     p_up.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
                       help="a folder of this machine the lab host sees at DST (default SRC); repeatable")
     p_down = sub.add_parser("down", help="stop lab hosts and remove all they left")
@@ -821,6 +824,7 @@ def main(argv=None):
     p_image = sub.add_parser("image", help="build (or show) the cached image")
     p_image.add_argument("--package", "-p", action="append", default=[])
     p_image.add_argument("--rebuild", action="store_true")
+    p_image.add_argument("--suite")
     p_shell = sub.add_parser("shell", help="a shell, or a command, inside a lab host")
     p_shell.add_argument("name")
     p_shell.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -834,7 +838,8 @@ def main(argv=None):
             raise LabError("lab hosts need root (loop devices, btrfs, nspawn): run as root")
         if args.command == "up":
             for name in args.names:
-                machine = lab.up(name, packages=args.package, timeout=args.timeout, binds=args.bind)
+                machine = lab.up(name, packages=args.package, timeout=args.timeout, binds=args.bind,
+                                 suite=args.suite)
                 print(f"{machine.name}\tleader={machine.leader}\taddress={machine.address}"
                       f"\tfork={machine.fork_seconds}s\tready={machine.boot_seconds}s")
         elif args.command == "down":
@@ -848,7 +853,7 @@ def main(argv=None):
                 print(f"{m.name}\t{'running' if m.alive() else 'dead'}\t{m.leader}\t{m.address}\t"
                       f"{m.image}")
         elif args.command == "image":
-            path = lab.image(args.package, rebuild=args.rebuild)
+            path = lab.image(args.package, suite=args.suite, rebuild=args.rebuild)
             print(json.dumps(dict(lab.image_info(path), path=path), indent=2))
         elif args.command == "leader":
             print(lab.require(args.name).leader)

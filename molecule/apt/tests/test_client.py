@@ -6,18 +6,17 @@ another key are refused by apt; background updates follow the repository's origi
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 import testinfra
 
-testinfra_hosts = ["ansible://mol-apt-client"]
+testinfra_hosts = ["lab://mol-apt-client"]
 
 
 @pytest.fixture(name="server", scope="module")
 def server_fixture():
-    return testinfra.get_host("ansible://mol-apt-repo", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+    return testinfra.get_host("lab://mol-apt-repo")
 
 
 def repo_uri(host):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-testinfra_hosts = ["ansible://mol-apt-repo"]
+testinfra_hosts = ["lab://mol-apt-repo"]
 
 
 def exposure(host, unit):

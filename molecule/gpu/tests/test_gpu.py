@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-testinfra_hosts = ["ansible://mol-gpu"]
+testinfra_hosts = ["lab://mol-gpu"]
 
 SYS = "/run/replica-sysfs"
 GPU, AUDIO, PORT, VGPU = "0000:01:00.0", "0000:01:00.1", "0000:00:01.0", "0000:3b:00.0"
