@@ -1,7 +1,9 @@
 # Copyright: (c) 2026, replica.cloud contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""replica.cloud.containers in a lab host: an image built ahead of time, machines from inventory,
-a machine started by name through the template service set, a lambda that scales to zero."""
+"""replica.cloud.containers on the hypervisor: an image built ahead of time, machines from inventory
+(site1 and db1 on a bridge of their own, br-m, with static addresses; the machines in segments are
+test_network.py's), a machine started by name through the template service set, a lambda that
+scales to zero."""
 
 from __future__ import annotations
 
@@ -33,20 +35,20 @@ def test_the_image_is_built_read_only_with_its_packages(host):
 
 def test_machines_run_with_their_first_boot_settings(host):
     out = host.check_output("machinectl list --no-legend")
-    assert "web1" in out and "db1" in out
-    assert inside(host, "web1", "hostname").stdout.strip() == "web1"
-    assert "ReplicaMolecule" in inside(host, "web1", "cat /root/.ssh/authorized_keys").stdout
-    assert host.check_output("systemctl show -p MemoryMax --value systemd-nspawn@web1.service") == "536870912"
+    assert "site1" in out and "db1" in out
+    assert inside(host, "site1", "hostname").stdout.strip() == "site1"
+    assert "ReplicaMolecule" in inside(host, "site1", "cat /root/.ssh/authorized_keys").stdout
+    assert host.check_output("systemctl show -p MemoryMax --value systemd-nspawn@site1.service") == "536870912"
 
 
 def test_machines_reach_each_other_by_name(host):
-    fetch = "for i in $(seq 60); do curl -fsS http://web1/ && exit 0; sleep 0.25; done; exit 1"
-    assert inside(host, "db1", fetch).stdout.strip() == "web1 says hello"
+    fetch = "for i in $(seq 60); do curl -fsS http://site1/ && exit 0; sleep 0.25; done; exit 1"
+    assert inside(host, "db1", fetch).stdout.strip() == "site1 says hello"
 
 
 def test_the_image_is_unchanged_by_a_machine(host):
     before = host.check_output(f"btrfs subvolume show {IMAGE} | grep -i generation")
-    inside(host, "web1", "echo changed > /etc/motd; dd if=/dev/zero of=/var/tmp/blob bs=1M count=4 2>/dev/null")
+    inside(host, "site1", "echo changed > /etc/motd; dd if=/dev/zero of=/var/tmp/blob bs=1M count=4 2>/dev/null")
     assert host.check_output(f"btrfs subvolume show {IMAGE} | grep -i generation") == before
     assert "changed" not in host.file(f"{IMAGE}/etc/motd").content_string
 
