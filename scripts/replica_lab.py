@@ -136,6 +136,22 @@ def nat_rules(table, subnet, bridge):
             "  }\n}\n")
 
 
+def prune_plan(names, last_used, in_use, now, keep_days):
+    """Which cached images to delete: *names* are the entries of the image folder, *last_used*
+    maps an image to the time of its last use (its record's mtime), *in_use* the images lab
+    hosts run from. Unfinished builds (``.build-*``) and images without a record go; images in
+    use stay; the others go when unused for more than *keep_days* days."""
+    doomed = []
+    for name in sorted(names):
+        if name in in_use:
+            continue
+        if name.startswith(".build-") or name not in last_used:
+            doomed.append(name)
+        elif now - last_used[name] > keep_days * 86400:
+            doomed.append(name)
+    return doomed
+
+
 def machine_address(index, subnet=SUBNET):
     """Address of lab host number *index*: the subnet's host addresses, counted from 0, where 0
     is the CI machine's end of the bridge."""
@@ -310,6 +326,8 @@ class Lab:
         path = os.path.join(self.images, key)
         with self.lock("images"):
             if os.path.isdir(path) and not rebuild:
+                with contextlib.suppress(OSError):
+                    os.utime(f"{path}.json")  # its last use, for prune
                 return path
             if os.path.isdir(path):
                 self._delete_subvolume(path)
@@ -378,6 +396,28 @@ class Lab:
             if sub.startswith(rel + "/"):
                 nested.append(os.path.join(self.pool, sub))
         return sorted(nested, key=len, reverse=True)
+
+    def prune(self, keep_days=14, dry_run=False):
+        """Delete cached images no lab host was forked from and no build used for *keep_days*
+        (a build's use touches its record), and builds a killed run left; return their names
+        (with *dry_run*, what would go)."""
+        if not os.path.isdir(self.images):
+            return []
+        with self.lock("images"):
+            in_use = {m.image for m in self.list()}
+            records = {}
+            for entry in os.listdir(self.images):
+                if entry.endswith(".json"):
+                    with contextlib.suppress(OSError):
+                        records[entry[:-5]] = os.stat(os.path.join(self.images, entry)).st_mtime
+            names = [e for e in os.listdir(self.images) if not e.endswith(".json")]
+            doomed = prune_plan(names, records, in_use, time.time(), keep_days)
+            for name in doomed:
+                if not dry_run:
+                    self._delete_subvolume(os.path.join(self.images, name))
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.images, f"{name}.json"))
+            return doomed
 
     def image_info(self, path):
         with open(f"{path}.json", encoding="utf-8") as handle:
@@ -502,10 +542,11 @@ class Lab:
             devices.append(node)
         return devices
 
-    def up(self, name, packages=(), timeout=180, binds=(), suite=None):
+    def up(self, name, packages=(), timeout=180, binds=(), suite=None, prepare=None):
         """Fork, boot and wait for lab host *name*; return its Machine. Idempotent. *binds*:
         ``SRC[:DST]`` folders of the CI machine the host sees (read-write); *suite*: the Debian
-        release of its image (default: the lab's, REPLICA_LAB_SUITE)."""
+        release of its image (default: the lab's, REPLICA_LAB_SUITE); *prepare*: called as
+        ``prepare(directory, address)`` on the fork before it boots (configuration, units)."""
         validate_name(name)
         existing = self.get(name)
         if existing and existing.alive():
@@ -526,6 +567,8 @@ class Lab:
             run(["btrfs", "subvolume", "snapshot", image, directory])
             fork_seconds = time.monotonic() - started
             self._personalise(directory, name, address, gateway, self.subnet.prefixlen)
+            if prepare:
+                prepare(directory, str(address))
             log = os.path.join(self.run_dir, f"{name}.log")
             with open(log, "w", encoding="utf-8") as handle:
                 proc = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -821,6 +864,10 @@ def main(argv=None):
     p_down.add_argument("names", nargs="*")
     p_down.add_argument("--all", action="store_true", help="every recorded lab host")
     sub.add_parser("list", help="list lab hosts")
+    p_prune = sub.add_parser("prune", help="delete cached images unused for some days, and killed builds")
+    p_prune.add_argument("--keep-days", type=float, default=14,
+                         help="keep images used within this many days (default 14; 0: all not in use)")
+    p_prune.add_argument("--dry-run", action="store_true", help="only print what would go")
     p_image = sub.add_parser("image", help="build (or show) the cached image")
     p_image.add_argument("--package", "-p", action="append", default=[])
     p_image.add_argument("--rebuild", action="store_true")
@@ -831,6 +878,8 @@ def main(argv=None):
     p_leader = sub.add_parser("leader", help="print the leader PID of a lab host")
     p_leader.add_argument("name")
     sub.add_parser("destroy-pool", help="down every lab host, unmount and delete the pool")
+    p_inet = sub.add_parser("internet", help="the lab's offline internet (lab-internet): up, down, status")
+    p_inet.add_argument("action", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
     lab = Lab()
     try:
@@ -847,6 +896,9 @@ def main(argv=None):
             for name in names:
                 lab.down(name)
                 print(f"{name}\tremoved")
+        elif args.command == "prune":
+            for name in lab.prune(keep_days=args.keep_days, dry_run=args.dry_run):
+                print(f"{name}\t{'would be removed' if args.dry_run else 'removed'}")
         elif args.command == "list":
             print("NAME\tSTATE\tLEADER\tADDRESS\tIMAGE")
             for m in lab.list():
@@ -864,6 +916,10 @@ def main(argv=None):
             proc = lab.exec(machine, cmd, check=False, stdin=None if not tty else sys.stdin,
                             capture=False)
             return proc.returncode
+        elif args.command == "internet":
+            sys.modules.setdefault("replica_lab", sys.modules[__name__])  # one LabError
+            import replica_internet  # pylint: disable=import-outside-toplevel
+            return replica_internet.cli(lab, args.action)
         elif args.command == "destroy-pool":
             for m in lab.list():
                 lab.down(m.name)

@@ -5,6 +5,8 @@
 ``lab``       the session's :class:`replica_lab.Lab` (pool mounted, base image built once)
 ``lab_host``  a factory: ``lab_host("name", packages=[...])`` boots a lab host that is removed
               after the test, pass or fail
+``internet``  the lab's offline internet (scripts/replica_internet.py), one per session: DNS,
+              pebble as Let's Encrypt, moto as AWS, postfix+dovecot as the mail sink
 ``ansible``   runs ``ansible``/``ansible-playbook`` from the checkout against a lab host through
               the ``replica.cloud.nspawn`` connection
 """
@@ -26,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
+import replica_internet  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _skip_reason():
@@ -49,6 +52,23 @@ def lab():
     the_lab = replica_lab.Lab()
     the_lab.image()  # build (or reuse) the base image once per session
     return the_lab
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use ``internet`` run last (otherwise in their order): its lab host runs to the
+    end of the session, and the lab's own tests of the bridge and NAT need no lab host running."""
+    items.sort(key=lambda item: "internet" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(scope="session")
+def internet(lab):
+    """The fixture ``lab-internet``, started once per session (a running one is reused, and then
+    left running) and taken down at the end if this session started it."""
+    net = replica_internet.Internet(lab)
+    net.up()
+    yield net
+    if net.started:
+        net.down()
 
 
 @pytest.fixture

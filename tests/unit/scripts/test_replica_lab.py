@@ -100,3 +100,16 @@ def test_nat_rules_are_the_labs_own():
     rules = replica_lab.nat_rules("replica_lab_x", ipaddress.ip_network("10.214.0.0/24"), "rlab1")
     assert rules.startswith("table inet replica_lab_x {")
     assert 'ip saddr 10.214.0.0/24 oifname != "rlab1" masquerade' in rules
+
+
+def test_prune_plan_keeps_what_runs_and_what_was_used_lately():
+    day = 86400
+    now = 100 * day
+    names = ["bookworm-a", "bookworm-b", "trixie-c", "trixie-d", ".build-trixie-e", "stray"]
+    last_used = {"bookworm-a": now - 30 * day, "bookworm-b": now - 30 * day, "trixie-c": now - 1 * day,
+                 "trixie-d": now - 15 * day}
+    doomed = replica_lab.prune_plan(names, last_used, {"bookworm-b"}, now, keep_days=14)
+    # a (old, unused), d (old), the killed build and the image without a record; b runs a lab host
+    assert doomed == [".build-trixie-e", "bookworm-a", "stray", "trixie-d"]
+    assert replica_lab.prune_plan(names, last_used, {"bookworm-b"}, now, keep_days=0) == \
+        [".build-trixie-e", "bookworm-a", "stray", "trixie-c", "trixie-d"]
