@@ -639,10 +639,14 @@ def moto_server():
     raise replica_lab.LabError("moto_server not found: run scripts/setup (moto[server] is in requirements.txt)")
 
 
-def cli(lab, action):
-    """``scripts/lab internet up|down|status``."""
+def cli(lab, action, names=()):
+    """``scripts/lab internet up|down|status|trust NAME...``."""
     net = Internet(lab)
-    if action == "up":
+    if action == "trust":
+        for name in names:
+            net.trust(name)
+            print(f"{name}\ttrusts {NAME} (CA, resolver {net.address})")
+    elif action == "up":
         state = net.up()
         print(f"{NAME}\taddress={state['address']}\t{'started' if net.started else 'reused'}"
               f"\tboot={state['boot_seconds']}s\tready={state['ready_seconds']}s")

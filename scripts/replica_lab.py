@@ -878,8 +878,10 @@ def main(argv=None):
     p_leader = sub.add_parser("leader", help="print the leader PID of a lab host")
     p_leader.add_argument("name")
     sub.add_parser("destroy-pool", help="down every lab host, unmount and delete the pool")
-    p_inet = sub.add_parser("internet", help="the lab's offline internet (lab-internet): up, down, status")
-    p_inet.add_argument("action", choices=("up", "down", "status"))
+    p_inet = sub.add_parser("internet", help="the lab's offline internet (lab-internet): up, down, status, "
+                                              "trust NAME... (a lab host trusts its CA and resolves through it)")
+    p_inet.add_argument("action", choices=("up", "down", "status", "trust"))
+    p_inet.add_argument("names", nargs="*", help="lab hosts (trust)")
     args = parser.parse_args(argv)
     lab = Lab()
     try:
@@ -919,7 +921,7 @@ def main(argv=None):
         elif args.command == "internet":
             sys.modules.setdefault("replica_lab", sys.modules[__name__])  # one LabError
             import replica_internet  # pylint: disable=import-outside-toplevel
-            return replica_internet.cli(lab, args.action)
+            return replica_internet.cli(lab, args.action, args.names)
         elif args.command == "destroy-pool":
             for m in lab.list():
                 lab.down(m.name)
