@@ -6,6 +6,7 @@ progress messages; percentiles."""
 from __future__ import annotations
 
 import math
+import statistics
 import os
 import subprocess
 import sys
@@ -49,3 +50,12 @@ def pct(values, q):
     """The nearest-rank *q* percentile of *values* (the maximum for few values and high *q*)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def table(rows, label="measure", width=40, unit="s"):
+    """Print *rows* (``(label, [seconds, ...])``) as n, p50, p95 and max, in seconds or ms."""
+    scale, digits = (1000, 1) if unit == "ms" else (1, 3)
+    print(f"{label:{width}} {'n':>3} {'p50 ' + unit:>8} {'p95 ' + unit:>8} {'max ' + unit:>8}")
+    for name, values in rows:
+        print(f"{name:{width}} {len(values):>3} {statistics.median(values) * scale:>8.{digits}f} "
+              f"{pct(values, 0.95) * scale:>8.{digits}f} {max(values) * scale:>8.{digits}f}")

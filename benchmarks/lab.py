@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
-
-
-def pct(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+from _loop import table  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main():
@@ -52,10 +48,7 @@ def main():
     rows += [("fork (btrfs snapshot of the image)", forks),
              ("up: fork + boot to 'running' (warm)", ready),
              ("down: power off + remove everything", down)]
-    print(f"{'measure':40} {'n':>3} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
-    for label, values in rows:
-        print(f"{label:40} {len(values):>3} {statistics.median(values):>8.3f} "
-              f"{pct(values, 0.95):>8.3f} {max(values):>8.3f}")
+    table(rows)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, HERE)
 import testinfra  # noqa: E402  pylint: disable=wrong-import-position
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
 import replica_testinfra  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
-from _loop import log, pct  # noqa: E402  pylint: disable=wrong-import-position
+from _loop import log, table  # noqa: E402  pylint: disable=wrong-import-position
 
 #: the inventory molecule's shared config gives a lab host (.config/molecule/config.yml)
 INVENTORY = """all:
@@ -80,10 +79,7 @@ def main():
             host.run("true")  # warm: the backend's first command
             for label, values in measure(host, runs).items():
                 rows.append((f"{backend:8} {label}", values))
-    print(f"{'backend  measure':32} {'n':>3} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
-    for label, values in rows:
-        print(f"{label:32} {len(values):>3} {statistics.median(values) * 1000:>8.1f} "
-              f"{pct(values, 0.95) * 1000:>8.1f} {max(values) * 1000:>8.1f}")
+    table(rows, label="backend  measure", width=32, unit="ms")
 
 
 if __name__ == "__main__":

@@ -46,13 +46,15 @@ def read_host_sources(conf="/etc/apt"):
 
 def read_host_aptopts(conf="/etc/apt/apt.conf.d"):
     """The host's APT settings files with ``Acquire::`` lines (proxies, ...), ``[(path, text)]``:
-    images fetch as the host does."""
+    images fetch as the host does. A file that also sets hooks (``Pre-Invoke``/``Post-Invoke``,
+    such as appstream's refresh after ``apt update``) is left out: its commands are the host's
+    programs, which the image being built does not have (a Debian 13 build failed on one)."""
     found = []
     for name in sorted(os.listdir(conf)) if os.path.isdir(conf) else []:
         path = os.path.join(conf, name)
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
-        if "Acquire::" in text:
+        if "Acquire::" in text and "Invoke" not in text:
             found.append((path, text))
     return found
 

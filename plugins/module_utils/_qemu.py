@@ -18,6 +18,9 @@ HEADER = "# Managed by replica.cloud.qemu_vm"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 RUN_DIR = "/run/replica-vm"
 MACHINES = ("microvm", "q35")
+#: QEMU's minimal firmware for microvm (qemu-system-data). With SeaBIOS's microvm build and no
+#: option ROMs, QEMU 10 (Debian 13) never starts the kernel; qboot loads it on QEMU 7.2 and 10.
+QBOOT = "/usr/share/qemu/qboot.rom"
 NETWORKS = ("user", "tap", "macvtap", "none")
 
 
@@ -267,7 +270,8 @@ def tap_name(name):
 
 def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
     """The QEMU command line for *spec* with accelerator *accel* (``kvm`` or ``tcg``).
-    *firmware* is ``(code, vars)`` for q35; *tap_fd* the file descriptor of a macvtap device."""
+    *firmware* is ``(code, vars)`` for q35, ``(bios,)`` for a microvm (QBOOT); *tap_fd* the file
+    descriptor of a macvtap device."""
     machine = validate(spec)
     name = spec["name"]
     run = paths(name)
@@ -280,6 +284,8 @@ def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
         # under TCG the guest kernel needs the PIT to calibrate its clock (else it hangs)
         argv += ["-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on" + (",pit=on" if accel == "tcg" else ""),
                  "-display", "none"]
+        if firmware:
+            argv += ["-bios", firmware[0]]
     else:
         argv += ["-M", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
         if firmware:

@@ -42,7 +42,7 @@ options:
     choices: [present, started, stopped, restarted, absent]
     default: started
   machine:
-    description: V(microvm) (direct kernel boot, virtio-mmio, no firmware) or V(q35) (UEFI from OVMF).
+    description: V(microvm) (direct kernel boot through QEMU's qboot, virtio-mmio) or V(q35) (UEFI from OVMF).
     type: str
     choices: [microvm, q35]
     default: microvm
@@ -386,7 +386,7 @@ def main():
                 if params[option] and not os.path.isfile(params[option]):
                     raise vm.VmError(f"{option} {params[option]} is not there")
             image_format = "qcow2" if image.endswith(".qcow2") else "raw"
-        firmware = None
+        firmware = (vm.QBOOT,) if os.path.exists(vm.QBOOT) else None
         if params["machine"] == "q35":
             code = next((p for p in ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
                          if os.path.exists(p)), None)
@@ -443,7 +443,7 @@ def main():
                     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, disk])
                 if params["size"]:
                     run(["qemu-img", "resize", "-q", "-f", disk_format, disk, params["size"]])
-                if firmware:
+                if firmware and len(firmware) == 2:  # q35: the VM's own UEFI variables
                     shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"), firmware[1])
             except (vm.VmError, OSError):
                 cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))

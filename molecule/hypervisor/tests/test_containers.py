@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-IMAGE = "/var/lib/machines/.images/debian-12"
+IMAGE = "/var/lib/machines/.images/debian-13"
 
 
 def inside(host, machine, command):
@@ -57,7 +57,7 @@ def test_a_new_machine_by_name(host):
     host.check_output("systemctl start replica-machine@quick.service")
     assert host.check_output("systemctl is-active systemd-nspawn@quick.service") == "active"
     assert inside(host, "quick", "hostname").stdout.strip() == "quick"
-    assert "debian-12" in host.check_output("journalctl -u replica-machine-prepare@quick.service --no-pager")
+    assert "debian-13" in host.check_output("journalctl -u replica-machine-prepare@quick.service --no-pager")
     host.check_output("systemctl stop replica-machine@quick.service")
     assert wait(lambda: host.run("systemctl is-active systemd-nspawn@quick.service").stdout.strip() != "active")
 

@@ -61,7 +61,8 @@ def refused(host, source, target, port, family):
     """Whether the connection is refused at once by the firewall (ICMP admin-prohibited)."""
     fqdn = f"{target}.{MACHINES[target]}.{DOMAIN}"
     out = inside(host, source, f"curl -{family} -sS -m 5 http://{fqdn}:{port}/")
-    return out.rc == 7 and ("Couldn't connect" in out.stderr or "No route" in out.stderr)
+    # curl 7.88 (Debian 12) says "Couldn't connect", curl 8 (Debian 13) "Could not connect"
+    return out.rc == 7 and any(text in out.stderr for text in ("Couldn't connect", "Could not connect", "No route"))
 
 
 def test_links_carry_the_gateways(host):

@@ -20,12 +20,12 @@ with open(os.path.join(os.path.dirname(__file__), "..", "..", "..", "tests", "in
 
 
 def test_the_image_its_kernel_and_initrd_were_built_ahead_of_time(host):
-    record = json.loads(host.file(f"{IMAGES}/debian-12-vm.json").content_string)
+    record = json.loads(host.file(f"{IMAGES}/debian-13-vm.json").content_string)
     assert "linux-image-cloud-amd64" in record["packages"] and "cloud-init" in record["packages"]
     assert record["size"] == "2048M"
-    assert host.file(f"{IMAGES}/debian-12-vm.vmlinuz").size > 1 << 20
-    assert host.file(f"{IMAGES}/debian-12-vm.initrd.img").size > 1 << 20
-    assert host.check_output(f"blkid -o value -s TYPE {IMAGES}/debian-12-vm.raw") == "ext4"
+    assert host.file(f"{IMAGES}/debian-13-vm.vmlinuz").size > 1 << 20
+    assert host.file(f"{IMAGES}/debian-13-vm.initrd.img").size > 1 << 20
+    assert host.check_output(f"blkid -o value -s TYPE {IMAGES}/debian-13-vm.raw") == "ext4"
 
 
 def test_the_microvm_booted_with_the_name_from_its_seed(host):

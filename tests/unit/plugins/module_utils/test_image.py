@@ -34,3 +34,14 @@ def test_boot_files_pick_the_newest_kernel_and_its_initrd():
     assert img.boot_files(names) == ("vmlinuz-6.1.0-10-cloud-amd64", "initrd.img-6.1.0-10-cloud-amd64")
     assert img.boot_files(["vmlinuz-6.1.0-10-amd64"]) == ("vmlinuz-6.1.0-10-amd64", None)
     assert img.boot_files(["config-x", "grub"]) == (None, None)
+
+
+def test_host_aptopts_are_the_acquire_files_without_hooks(tmp_path):
+    (tmp_path / "01proxy").write_text('Acquire::http::Proxy "http://proxy:3142";\n')
+    (tmp_path / "20nothing").write_text('APT::Install-Recommends "false";\n')
+    # appstream's file: index targets and a refresh hook that runs the host's appstreamcli
+    (tmp_path / "50appstream").write_text('Acquire::IndexTargets { deb::DEP-11 { MetaKey "x"; }; };\n'
+                                          'APT::Update::Post-Invoke-Success { "appstreamcli refresh"; };\n')
+    found = img.read_host_aptopts(str(tmp_path))
+    assert [path.rsplit("/", 1)[1] for path, _text in found] == ["01proxy"]
+    assert img.read_host_aptopts(str(tmp_path / "missing")) == []

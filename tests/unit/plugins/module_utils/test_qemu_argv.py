@@ -27,6 +27,12 @@ def test_microvm_tcg():
     assert after(argv, "-qmp") == ["unix:/run/replica-vm/tiny1/qmp.sock,server=on,wait=off"]
 
 
+def test_microvm_boots_through_qboot_when_given():
+    argv = vm.build_argv(MICRO, "tcg", firmware=(vm.QBOOT,))
+    assert after(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
+    assert after(vm.build_argv(MICRO, "tcg"), "-bios") == []
+
+
 def test_microvm_kvm_has_no_pit_override():
     argv = vm.build_argv(MICRO, "kvm")
     assert after(argv, "-M") == ["microvm,x-option-roms=off,rtc=on,isa-serial=on"] and after(argv, "-cpu") == ["host"]
