@@ -879,7 +879,7 @@ def main(argv=None):
     p_leader.add_argument("name")
     sub.add_parser("destroy-pool", help="down every lab host, unmount and delete the pool")
     p_inet = sub.add_parser("internet", help="the lab's offline internet (lab-internet): up, down, status, "
-                                              "trust NAME... (a lab host trusts its CA and resolves through it)")
+                                             "trust NAME... (a lab host trusts its CA and resolves through it)")
     p_inet.add_argument("action", choices=("up", "down", "status", "trust"))
     p_inet.add_argument("names", nargs="*", help="lab hosts (trust)")
     args = parser.parse_args(argv)
