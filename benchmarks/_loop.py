@@ -6,8 +6,8 @@ progress messages; percentiles."""
 from __future__ import annotations
 
 import math
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 import time

@@ -405,12 +405,13 @@ class Lab:
             return []
         with self.lock("images"):
             in_use = {m.image for m in self.list()}
-            records = {}
+            records, names = {}, []
             for entry in os.listdir(self.images):
-                if entry.endswith(".json"):
-                    with contextlib.suppress(OSError):
-                        records[entry[:-5]] = os.stat(os.path.join(self.images, entry)).st_mtime
-            names = [e for e in os.listdir(self.images) if not e.endswith(".json")]
+                if not entry.endswith(".json"):
+                    names.append(entry)
+                    continue
+                with contextlib.suppress(OSError):
+                    records[entry[:-5]] = os.stat(os.path.join(self.images, entry)).st_mtime
             doomed = prune_plan(names, records, in_use, time.time(), keep_days)
             for name in doomed:
                 if not dry_run:
@@ -484,16 +485,16 @@ class Lab:
         run(["nft", "delete", "table", "inet", self.nft_table], check=False)
         run(["ip", "link", "del", self.bridge], check=False)
         with self._labs_lock():
-            before = [lab["id"] for lab in self._running_labs()] + [self.id]
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._entry_path())
             after = [lab["id"] for lab in self._running_labs()]
             orig_path = os.path.join(LABS_DIR, "ip_forward.orig")
             orig = _read(orig_path).strip() if os.path.exists(orig_path) else None
-            value = forward_after(orig, before, after)
-            if value is not None and not after:
+            value = forward_after(orig, [self.id], after)
+            if value is not None:
                 with open("/proc/sys/net/ipv4/ip_forward", "w", encoding="ascii") as handle:
                     handle.write(value)
+            if not after and orig is not None:
                 os.unlink(orig_path)
 
     def _entry(self):

@@ -268,9 +268,9 @@ def tap_name(name):
     return f"vm-{name}"[:15]
 
 
-def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
+def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None, bios=None):
     """The QEMU command line for *spec* with accelerator *accel* (``kvm`` or ``tcg``).
-    *firmware* is ``(code, vars)`` for q35, ``(bios,)`` for a microvm (QBOOT); *tap_fd* the file
+    *firmware* is ``(code, vars)`` for q35; *bios* a microvm's firmware (QBOOT); *tap_fd* the file
     descriptor of a macvtap device."""
     machine = validate(spec)
     name = spec["name"]
@@ -284,8 +284,8 @@ def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None):
         # under TCG the guest kernel needs the PIT to calibrate its clock (else it hangs)
         argv += ["-M", "microvm,x-option-roms=off,rtc=on,isa-serial=on" + (",pit=on" if accel == "tcg" else ""),
                  "-display", "none"]
-        if firmware:
-            argv += ["-bios", firmware[0]]
+        if bios:
+            argv += ["-bios", bios]
     else:
         argv += ["-M", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
         if firmware:

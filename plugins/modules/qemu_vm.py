@@ -386,7 +386,8 @@ def main():
                 if params[option] and not os.path.isfile(params[option]):
                     raise vm.VmError(f"{option} {params[option]} is not there")
             image_format = "qcow2" if image.endswith(".qcow2") else "raw"
-        firmware = (vm.QBOOT,) if os.path.exists(vm.QBOOT) else None
+        firmware = None
+        bios = vm.QBOOT if params["machine"] == "microvm" and os.path.exists(vm.QBOOT) else None
         if params["machine"] == "q35":
             code = next((p for p in ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
                          if os.path.exists(p)), None)
@@ -411,7 +412,7 @@ def main():
                     iso=params["iso"] if create or not (record or {}).get("written") else None,
                     drivers_iso=params["drivers_iso"] if create or not (record or {}).get("written") else None)
         spec["tsc_khz"] = host_tsc_khz()
-        argv = vm.build_argv(spec, accel, firmware=firmware,
+        argv = vm.build_argv(spec, accel, firmware=firmware, bios=bios,
                              tpm_socket=run_paths["tpm"] if params["tpm"] else None)
         wanted = {os.path.join(SYSTEMD_DIR, path): text for path, text in vm.render_units(spec, argv, vm_dir).items()}
         wanted[dropin_path] += (f"ExecStop=/usr/bin/python3 -c {vm._quote(POWERDOWN)} {run_paths['qmp']}\n"
@@ -443,7 +444,7 @@ def main():
                     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, disk])
                 if params["size"]:
                     run(["qemu-img", "resize", "-q", "-f", disk_format, disk, params["size"]])
-                if firmware and len(firmware) == 2:  # q35: the VM's own UEFI variables
+                if firmware:
                     shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"), firmware[1])
             except (vm.VmError, OSError):
                 cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))

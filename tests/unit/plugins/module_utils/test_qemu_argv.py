@@ -28,7 +28,7 @@ def test_microvm_tcg():
 
 
 def test_microvm_boots_through_qboot_when_given():
-    argv = vm.build_argv(MICRO, "tcg", firmware=(vm.QBOOT,))
+    argv = vm.build_argv(MICRO, "tcg", bios=vm.QBOOT)
     assert after(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
     assert after(vm.build_argv(MICRO, "tcg"), "-bios") == []
 
