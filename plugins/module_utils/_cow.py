@@ -17,16 +17,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 
+try:  # in a module, the collection's; in the host tools, the copy installed next to them
+    from ansible_collections.replica.cloud.plugins.module_utils import _lock
+except ImportError:  # pragma: no cover - the host tools' path
+    import _lock  # pylint: disable=import-error
+
 BTRFS_SUBVOLUME_INO = 256
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h: _IOR('f', 1, long)
+FS_IMMUTABLE_FL = 0x00000010
 MARK = "user.replica.cow"  # extended attribute on reflink snapshots and forks: {"src", "kind"}
 
 
@@ -78,6 +85,34 @@ def _check(run, argv, what):
     return out
 
 
+def existing_ancestor(path):
+    """*path*, or the nearest of its parents that exists."""
+    while not os.path.lexists(path) and path not in ("/", ""):
+        path = os.path.dirname(path)
+    return path or "/"
+
+
+def check_path(what, path):
+    """The rule for a path the caller gives: no NUL, no newline (they cut argv and records)."""
+    for char, word in (("\0", "NUL"), ("\n", "newline"), ("\r", "carriage return")):
+        if char in path:
+            raise CowError(f"{what} {path!r} contains a {word}: give a path without one")
+    return path
+
+
+def check_dest_path(dest):
+    """Refuse a dest (a fork, a snapshot folder) reached through a symlink: it would land inside
+    whatever the link points to (another subvolume, /etc). *dest* is absolute and normalised."""
+    check_path("dest", dest)
+    folder = existing_ancestor(os.path.dirname(dest))
+    real = os.path.realpath(folder)
+    if real != folder:
+        raise CowError(f"dest {dest} is reached through a symlink ({folder} is really {real}): give the "
+                       f"real path, without symlinks")
+    if os.path.lexists(dest) and os.path.islink(dest):
+        raise CowError(f"dest {dest} is a symlink: give the real path, without symlinks")
+
+
 def _scan(snapshot_dir, parse, is_snapshot):
     """``[(path, time)]`` of the folders in *snapshot_dir* whose names *parse* and that
     *is_snapshot* accepts."""
@@ -86,8 +121,11 @@ def _scan(snapshot_dir, parse, is_snapshot):
         return found
     for entry in os.scandir(snapshot_dir):
         when = parse(entry.name)
-        if when is not None and entry.is_dir(follow_symlinks=False) and is_snapshot(entry.path):
-            found.append((entry.path, when))
+        try:
+            if when is not None and entry.is_dir(follow_symlinks=False) and is_snapshot(entry.path):
+                found.append((entry.path, when))
+        except FileNotFoundError:  # deleted since the folder was read (by a prune not holding our lock)
+            continue
     return found
 
 
@@ -131,6 +169,10 @@ class Btrfs:
     def exists(self, dest):
         return os.path.lexists(dest)
 
+    @staticmethod
+    def check_dest(src, dest):
+        """btrfs itself refuses a dest on another file system, before making anything."""
+
     def describe(self, src, dest):
         """``(kind, from_src)`` of an existing *dest*: kind snapshot, fork or other."""
         if not self.is_subvolume(dest):
@@ -147,6 +189,8 @@ class Btrfs:
 
     def remove(self, paths):
         for start in range(0, len(paths), 100):
+            if start:
+                _lock.crash_point("btrfs-pruning")
             # --commit-after: the space is being given back when this returns, not at the next
             # periodic commit (up to 30 s later)
             _check(self.run, [self.btrfs, "subvolume", "delete", "--commit-after", *paths[start:start + 100]],
@@ -193,43 +237,75 @@ class Reflink:
         mark = self.mark(dest) if os.path.isdir(dest) and not os.path.islink(dest) else None
         if not mark:
             return "other", False
-        return mark.get("kind", "other"), mark.get("src") == src
+        kind = mark.get("kind", "other")
+        if kind == "snapshot" and not self.sealed(dest):
+            kind = "unsealed"  # killed between rename and chattr +i: seal() finishes it
+        return kind, mark.get("src") == src
+
+    @staticmethod
+    def sealed(path):
+        """Whether the folder *path* carries the immutable attribute (set on it last)."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return bool(flags & FS_IMMUTABLE_FL)
+
+    def seal(self, path):
+        """Make every file and folder of the snapshot *path* immutable (again: idempotent)."""
+        self._immutable(path, "+i")
 
     def _immutable(self, root, flag):
-        paths = [root]
+        """chattr *flag* on every file and folder of *root*; with +i the root comes last, so an
+        immutable root (:meth:`sealed`) means a whole snapshot, even after a kill midway."""
+        paths = []
         for directory, dirs, files in os.walk(root):
             for name in dirs + files:
                 full = os.path.join(directory, name)
                 mode = os.lstat(full).st_mode
                 if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
                     paths.append(full)
+        paths = paths + [root] if flag == "+i" else [root] + paths
         for start in range(0, len(paths), 500):
+            if start:
+                _lock.crash_point("reflink-sealing")
             _check(self.run, ["chattr", flag, "--", *paths[start:start + 500]], f"chattr {flag} in {root}")
 
-    def _copy(self, src, dest, kind):
-        if not can_reflink(os.path.dirname(dest)):
+    @staticmethod
+    def check_dest(src, dest):
+        """Refuse, before anything is made, a dest whose folder cannot share src's extents."""
+        folder = existing_ancestor(os.path.dirname(dest))
+        if os.stat(folder).st_dev != os.stat(src).st_dev or not can_reflink(folder):
             raise CowError(f"{os.path.dirname(dest)} cannot share extents with {src} (not the same "
                            f"reflink-capable file system): put dest next to src")
+
+    def _copy(self, src, dest, kind):
+        self.check_dest(src, dest)
         partial = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
         if os.path.lexists(partial):
-            self._discard(partial)
+            self.discard(partial)
         os.mkdir(partial, 0o700)
         try:
             _check(self.run, ["cp", "-a", "--reflink=always", "--", src + "/.", partial + "/"],
                    f"reflink copy of {src}")
             os.setxattr(partial, MARK, json.dumps({"src": src, "kind": kind}).encode())
+            _lock.crash_point("reflink-copied")
             os.rename(partial, dest)  # an immutable folder cannot be renamed: chattr comes last
         except (CowError, OSError):
-            self._discard(partial)
+            self.discard(partial)
             raise
+        _lock.crash_point("reflink-renamed")
         if kind == "snapshot":
             try:
                 self._immutable(dest, "+i")
             except (CowError, OSError):
-                self._discard(dest)
+                self.discard(dest)
                 raise
 
-    def _discard(self, path):
+    def discard(self, path):
         self.run(["chattr", "-R", "-i", "--", path])  # symlinks make it complain: ignore rc
         shutil.rmtree(path)
 
@@ -270,6 +346,10 @@ class Zfs:
 
     def exists(self, dest):
         return self.run([self.zfs, "list", "-H", "-o", "name", "-t", "all", dest])[0] == 0
+
+    @staticmethod
+    def check_dest(src, dest):
+        """zfs itself refuses a clone into another pool, before making anything."""
 
     def check_source(self, src):
         if not self.exists(src):
@@ -340,6 +420,8 @@ class Series:
     def __init__(self, backend, src, names, snapshot_dir=None, name=None):
         self.backend = backend
         self.names = names
+        if name is not None:
+            names.check_base(name)
         if backend.name == "zfs":
             self.location = self.base = src.split("@", 1)[0]
         else:
@@ -361,25 +443,33 @@ class Series:
                       key=lambda item: (item[1], item[0]))
 
     @contextlib.contextmanager
-    def lock(self, wait=True):
-        """Hold the series' lock (a timer and a playbook must not prune the same snapshots at
-        once): an flock on a file in /run/lock named after the snapshots' location."""
-        folder = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
-        digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
-        path = os.path.join(folder, f"replica-cow-{digest}.lock")
-        with open(path, "a", encoding="ascii") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise CowError(f"another run holds the lock of {self.location} ({path})") from exc
-            try:
+    def lock(self, what, wait=_lock.WAIT):
+        """Hold the series' lock while the block reads and changes it (a timer and a playbook must
+        not prune the same snapshots at once): ``_lock.held`` keyed by the snapshots' location."""
+        try:
+            with _lock.held("cow", self.location, f"{what} {self.base}", wait=wait):
                 yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        except _lock.LockError as exc:
+            raise CowError(str(exc)) from None
 
     def make_room(self, dest):
-        if self.backend.name != "zfs" and not os.path.isdir(os.path.dirname(dest)):
-            os.makedirs(os.path.dirname(dest), 0o755)
+        """Make dest's folder, and discard what a killed run of this series left half-copied
+        (``.NAME@STAMP.partial``: each run picks a new stamp, so no run would redo it). Called
+        under the lock, so no other run of the series is copying."""
+        if self.backend.name == "zfs":
+            return
+        folder = os.path.dirname(dest)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, 0o755)
+        for entry in os.scandir(folder):
+            name = entry.name
+            if self.backend.name != "reflink":
+                break
+            if name.startswith(".") and name.endswith(".partial") and self.parse(name[1:-len(".partial")]):
+                self.backend.discard(entry.path)
+            elif self.parse(name) and self.backend.describe_kind(entry.path) == "snapshot" \
+                    and not self.backend.sealed(entry.path):
+                self.backend.seal(entry.path)
 
 
 def nested_subvolumes(root):

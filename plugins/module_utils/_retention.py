@@ -39,6 +39,13 @@ _STAMP_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
 _DURATION_RE = re.compile(r"^([0-9]+)\s*([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 UTC = _dt.timezone.utc
+#: the rule for a snapshot series' base name (``name``, or the source folder's name): ASCII
+#: letters, digits, ``.``, ``_``, ``+``, ``-``, not starting with a dot (hidden names are
+#: the backends' own: ``.NAME.partial``), at most 100 characters
+BASE_RE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
+#: the most a count or ``min_age`` may be: beyond it a value is a typo, not a policy
+MAX_COUNT = 1000000
+MAX_AGE = 100 * 366 * 86400
 
 
 class RetentionError(ValueError):
@@ -47,11 +54,18 @@ class RetentionError(ValueError):
 
 def snapshot_name(base, when):
     """``base@YYYYMMDDTHHMMSSZ`` for an aware datetime *when*."""
-    if not base or "@" in base or "/" in base:
-        raise RetentionError(f"snapshot base name {base!r} must be non-empty, without '@' or '/'")
+    check_base(base)
     if when.tzinfo is None:
         raise RetentionError("snapshot time must carry a time zone")
     return f"{base}@{when.astimezone(UTC).strftime(STAMP)}"
+
+
+def check_base(base):
+    """*base* if it is a valid snapshot base name, else :class:`RetentionError` saying the rule."""
+    if not isinstance(base, str) or not BASE_RE.fullmatch(base):
+        raise RetentionError(f"snapshot name {base!r} must be 1 to 100 of A-Z a-z 0-9 . _ + - (not starting "
+                             f"with '.'): give the series a name that follows this rule")
+    return base
 
 
 def parse_snapshot_name(base, name):
@@ -75,16 +89,20 @@ def parse_duration(value):
     if isinstance(value, int):
         seconds = value
     else:
-        match = _DURATION_RE.match(str(value).strip())
+        match = _DURATION_RE.fullmatch(str(value).strip())
         if not match:
             raise RetentionError(f"min_age {value!r} is not a duration like 3600, 90m, 36h, 7d or 2w")
         seconds = int(match.group(1)) * _UNITS[match.group(2)]
     if seconds < 0:
         raise RetentionError(f"min_age {value!r} must not be negative")
+    if seconds > MAX_AGE:
+        raise RetentionError(f"min_age {value!r} is more than 100 years: give a shorter duration")
     return seconds
 
 
 def _zone(name):
+    if not isinstance(name, str) and name is not None:
+        raise RetentionError(f"timezone {name!r} must be an IANA time zone name such as UTC or Europe/Berlin")
     if name in (None, "", "UTC", "Etc/UTC"):
         return UTC
     try:
@@ -96,6 +114,8 @@ def _zone(name):
 
 def normalize(retention):
     """The policy with defaults filled in and every value checked."""
+    if retention is not None and not isinstance(retention, dict):
+        raise RetentionError(f"retention must be a mapping such as {{daily: 7, weekly: 4}}, got {retention!r}")
     retention = dict(retention or {})
     unknown = sorted(set(retention) - set(KEYS))
     if unknown:
@@ -112,15 +132,17 @@ def normalize(retention):
             count = int(value)
         except (TypeError, ValueError):
             count = -1
-        if isinstance(value, bool) or count < 0 or str(count) != str(value).strip():
-            raise RetentionError(f"retention {kind} must be a count (0 or more) or 'all', got {value!r}")
+        if isinstance(value, bool) or not 0 <= count <= MAX_COUNT or not re.fullmatch(r"[0-9]+", str(value).strip()):
+            raise RetentionError(f"retention {kind} must be a count (0 to {MAX_COUNT}) or 'all', got {value!r}")
         policy[kind] = count
     latest = retention.get("latest", 1)
-    if isinstance(latest, bool) or not str(latest).isdigit() or int(latest) < 1:
-        raise RetentionError(f"retention latest must be 1 or more (the newest is always kept), got {latest!r}")
+    if isinstance(latest, bool) or not re.fullmatch(r"[0-9]+", str(latest)) or not 1 <= int(latest) <= MAX_COUNT:
+        raise RetentionError(f"retention latest must be 1 to {MAX_COUNT} (the newest is always kept), got {latest!r}")
     policy["latest"] = int(latest)
     policy["min_age"] = parse_duration(retention.get("min_age", 0))
-    policy["timezone"] = retention.get("timezone") or "UTC"
+    policy["timezone"] = retention.get("timezone", "UTC")
+    if policy["timezone"] in (None, ""):
+        policy["timezone"] = "UTC"
     _zone(policy["timezone"])
     return policy
 

@@ -73,9 +73,27 @@ options:
         C(.snapshots) next to O(src). Ignored for ZFS.
     type: path
   name:
-    description: Base of the timestamped snapshot names (btrfs, reflink). Defaults to the last part of O(src).
+    description:
+      - Base of the timestamped snapshot names (btrfs, reflink). Defaults to the last part of O(src).
+      - "1 to 100 of C(A-Z a-z 0-9 . _ + -), not starting with a dot (the one rule,
+        C(_retention.check_base)): anything else is refused before anything is made."
     type: str
+  lock_wait:
+    description: Seconds to wait for another run holding the series' lock before failing.
+    type: int
+    default: 600
 notes:
+  - "Crash consistency: killed at any point (C(kill -9) included), a re-run converges and nothing is
+    lost. btrfs and ZFS snapshots are atomic. A reflink copy is made in C(.NAME.partial) and renamed
+    into place; a leftover partial is discarded by the next run of the series, and a snapshot killed
+    before it was made immutable is finished (its folder is made immutable last, so an immutable
+    folder means a whole snapshot)."
+  - "Concurrency: each series (its snapshot folder, or its ZFS dataset) has a lock in
+    C(/run/replica/locks), root's alone; the listing, the plan and the change happen under it, so a
+    timer and a playbook pruning at once each see the other's result. A run waits up to 600 s, then
+    fails naming the holder (pid, what, since when)."
+  - O(dest) and O(snapshot_dir) reached through a symlink are refused (a fork would land in whatever
+    the link points to).
   - Needs C(btrfs) (btrfs-progs), C(zfs) (zfsutils-linux) or C(cp) and C(chattr) (coreutils,
     e2fsprogs) on the target, depending on the backend.
   - A btrfs snapshot does not descend into nested subvolumes.
@@ -156,11 +174,34 @@ from ansible_collections.replica.cloud.plugins.module_utils import _retention as
 ENV = {"LC_ALL": "C", "LANG": "C"}
 
 
+def plan(backend, state, src, dest):
+    """What to do for *state* (snapshot, fork, absent; pruned is planned by the caller), from
+    what *dest* is now: the action, or None when it is already so."""
+    if state in ("snapshot", "fork"):
+        if not backend.exists(dest):
+            return state
+        kind, from_src = backend.describe(src, dest)
+        if kind == "unsealed" and state == "snapshot" and from_src:
+            return "seal"  # a run killed before its snapshot was made read-only: finish it
+        if kind != state or not from_src:
+            raise cow.CowError(
+                f"dest {dest} exists and is not a {state} of {src} (it is {kind}"
+                f"{'' if from_src else ', not made from src'}): remove it or choose another dest")
+    elif state == "absent" and backend.exists(dest):
+        kind, from_src = backend.describe(src, dest)
+        if kind not in ("snapshot", "fork", "unsealed") or not from_src:
+            raise cow.CowError(f"dest {dest} is not a snapshot or fork of {src}: not removed")
+        return "absent"
+    return None
+
+
 def act(action, backend, series, src, dest, doomed, now):
     """Carry out the planned *action*."""
     if action in ("snapshot", "fork"):
         series.make_room(dest)
-    if action == "snapshot":
+    if action == "seal":
+        backend.seal(dest)
+    elif action == "snapshot":
         backend.snapshot(src, dest)
     elif action == "fork":
         if backend.name == "zfs":
@@ -183,6 +224,7 @@ def main():
             "backend": {"type": "str", "choices": ["auto", "btrfs", "zfs", "reflink"], "default": "auto"},
             "snapshot_dir": {"type": "path"},
             "name": {"type": "str"},
+            "lock_wait": {"type": "int", "default": 600},
         },
         required_if=[("state", "fork", ["dest"]), ("state", "absent", ["dest"]),
                      ("state", "pruned", ["retention"])],
@@ -196,7 +238,10 @@ def main():
 
     result = {"changed": False, "deleted": [], "snapshots": []}
     try:
-        src = params["src"].rstrip("/") or "/"
+        src = cow.check_path("src", params["src"].rstrip("/") or "/")
+        for what in ("dest", "snapshot_dir"):
+            if params[what]:
+                cow.check_path(what, params[what])
         backend = cow.detect(src, run, params["backend"])
         result["backend"] = backend.name
         if backend.name in ("btrfs", "zfs"):
@@ -215,9 +260,6 @@ def main():
         if state == "pruned":
             retention.normalize(params["retention"])  # bad policy: fail before anything
         now = datetime.datetime.now(datetime.timezone.utc)
-
-        before = series.listing()
-        result["snapshots"] = [item[0] for item in before]
         dest = params["dest"]
         if state == "snapshot" and not dest:
             dest = series.dest_for(now)
@@ -225,58 +267,44 @@ def main():
             dest = os.path.normpath(dest)
             if not dest.startswith("/"):
                 raise cow.CowError(f"dest {dest} must be an absolute path for backend {backend.name}")
+            cow.check_dest_path(dest)
         if dest:
             result["dest"] = dest
-
-        action = None
-        if state in ("snapshot", "fork"):
-            if backend.exists(dest):
-                kind, from_src = backend.describe(src, dest)
-                if kind != state or not from_src:
-                    raise cow.CowError(
-                        f"dest {dest} exists and is not a {state} of {src} (it is {kind}"
-                        f"{'' if from_src else ', not made from src'}): remove it or choose another dest")
-            else:
-                action = state
-        elif state == "absent":
-            if backend.exists(dest):
-                kind, from_src = backend.describe(src, dest)
-                if kind not in ("snapshot", "fork") or not from_src:
-                    raise cow.CowError(f"dest {dest} is not a snapshot or fork of {src}: not removed")
-                action = "absent"
-        else:
-            dummy, doomed, reasons = retention.select(before, params["retention"], now)
-            result["deleted"] = list(doomed)
-            result["kept"] = dict(reasons)
-            action = "pruned" if doomed else None
-    except (cow.CowError, retention.RetentionError) as exc:
+        # read, decide and act under the series' lock: a timer and a playbook pruning the same
+        # snapshots see each other's result, never a half-deleted listing
+        with series.lock(state, wait=params["lock_wait"]):
+            before = series.listing()
+            result["snapshots"] = [item[0] for item in before]
+            action = plan(backend, state, src, dest)
+            if state == "pruned":
+                dummy, doomed, reasons = retention.select(before, params["retention"], now)
+                result["deleted"] = list(doomed)
+                result["kept"] = dict(reasons)
+                action = "pruned" if doomed else None
+            result["changed"] = action is not None
+            if action and not module.check_mode:
+                if action in ("snapshot", "fork"):
+                    backend.check_dest(src, dest)  # before make_room: a refused run makes no folder
+                try:
+                    act(action, backend, series, src, dest, result["deleted"], now)
+                finally:
+                    after = series.listing()
+                    if action == "pruned":  # say what is really gone
+                        left = {item[0] for item in after}
+                        result["deleted"] = [name for name in result["deleted"] if name not in left]
+                    result["snapshots"] = [item[0] for item in after]
+            elif action:
+                names = [item[0] for item in before]
+                if action == "pruned":
+                    names = [n for n in names if n not in result["deleted"]]
+                elif action == "snapshot" and series.parse(os.path.basename(dest) if backend.name != "zfs" else dest):
+                    names.append(dest)
+                elif action == "absent" and dest in names:
+                    names.remove(dest)
+                result["snapshots"] = names
+    except (cow.CowError, retention.RetentionError, OSError) as exc:
         module.fail_json(msg=str(exc), **result)
 
-    result["changed"] = action is not None
-    if action and not module.check_mode:
-        try:
-            with series.lock():
-                if action == "pruned":  # plan again under the lock: another run may have pruned
-                    current = series.listing()
-                    result["deleted"] = retention.select(current, params["retention"], now)[1]
-                    result["changed"] = bool(result["deleted"])
-                act(action, backend, series, src, dest, result["deleted"], now)
-        except (cow.CowError, OSError) as exc:
-            if action == "pruned":  # say what is really gone
-                left = {item[0] for item in series.listing()}
-                result["deleted"] = [name for name in result["deleted"] if name not in left]
-            result["snapshots"] = [item[0] for item in series.listing()]
-            module.fail_json(msg=f"{exc}", **result)
-        result["snapshots"] = [item[0] for item in series.listing()]
-    elif action:
-        names = [item[0] for item in before]
-        if action == "pruned":
-            names = [n for n in names if n not in result["deleted"]]
-        elif action == "snapshot" and series.parse(os.path.basename(dest) if backend.name != "zfs" else dest):
-            names.append(dest)
-        elif action == "absent" and dest in names:
-            names.remove(dest)
-        result["snapshots"] = names
     if module._diff:
         existed = dest if dest and ((action is None) != (state == "absent")) else None
         result["diff"] = {

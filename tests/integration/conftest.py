@@ -85,12 +85,13 @@ def lab_host(lab, request):
         lab.down(name)
 
 
-def run_ansible(*argv, check=True):
-    """Run an Ansible command line from the checkout (its ansible.cfg makes replica.cloud)."""
+def run_ansible(*argv, check=True, env=None):
+    """Run an Ansible command line from the checkout (its ansible.cfg makes replica.cloud);
+    *env* adds variables (a module run with ``-c local`` inherits them)."""
     bindir = os.path.dirname(sys.executable)
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
                PATH=bindir + os.pathsep + os.environ.get("PATH", ""), LC_ALL="C.UTF-8",
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", **(env or {}))
     proc = subprocess.run([os.path.join(bindir, argv[0]), *argv[1:]], cwd=ROOT, env=env,
                           text=True, capture_output=True, check=False)
     if check and proc.returncode != 0:
@@ -158,16 +159,17 @@ def loop_fs(tmp_path):
         subprocess.run(["umount", "-R", str(mnt)], check=False)
 
 
-def run_module(module, args, *extra, check=True, machine=None):
+def run_module(module, args, *extra, check=True, machine=None, env=None):
     """Run one of the collection's modules on this machine (or in lab host *machine*, through
-    the nspawn connection), with the target's system Python; returns ``(rc, result)``."""
+    the nspawn connection), with the target's system Python; returns ``(rc, result)``. *env*:
+    variables for the module (on this machine), such as the crash point ``REPLICA_CRASH_AT``."""
     if machine is None:
         target = ["localhost", "-c", "local", "-i", "localhost,"]
     else:
         target = [machine.name, "-i", f"{machine.name},", "-c", "replica.cloud.nspawn",
                   "-e", f"ansible_nspawn_leader_pid={machine.leader}"]
     proc = run_ansible("ansible", *target, "-e", "ansible_python_interpreter=/usr/bin/python3",
-                       "-m", module, "-a", json.dumps(args), *extra, check=check)
+                       "-m", module, "-a", json.dumps(args), *extra, check=check, env=env)
     text = proc.stdout
     return proc.returncode, json.loads(text[text.index(" => {") + 4:])
 

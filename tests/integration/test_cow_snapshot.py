@@ -5,9 +5,13 @@ made by the test), run through ansible on this machine."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import os
+import importlib
 import subprocess
+import sys
+import time
 
 import pytest
 from conftest import run_module
@@ -19,9 +23,16 @@ def sh(*argv):
     return subprocess.run(argv, check=True, text=True, capture_output=True).stdout
 
 
-def cow(args, *extra, check=True):
+def cow(args, *extra, check=True, env=None):
     return run_module("replica.cloud.cow_snapshot", {k: (str(v) if isinstance(v, os.PathLike) else v)
-                                                     for k, v in args.items()}, *extra, check=check)
+                                                     for k, v in args.items()}, *extra, check=check, env=env)
+
+
+def crash(args, point):
+    """Run with a ``kill -9`` at *point* (``_lock.crash_point``): the run must die there."""
+    rc, result = cow(args, check=False, env={"REPLICA_CRASH_AT": point})
+    assert rc != 0 and "Killed" in result.get("module_stderr", ""), result
+    return result
 
 
 def fill(root):
@@ -174,3 +185,135 @@ def test_no_cow_is_refused(loop_fs):
                      check=False)
     assert rc != 0 and "without reflink" in result["msg"]
     assert sorted(os.listdir(fs)) == entries  # the probe files are gone too
+
+
+def test_two_prunes_of_one_source_at_once_both_succeed(subvolume):
+    """A timer and a playbook pruning the same snapshots: both finish, and between them exactly
+    what the policy does not keep is gone (the listing is read under the lock; the race itself is
+    test_listing_while_another_run_deletes)."""
+    snapdir = subvolume.parent / ".snapshots"
+    snapdir.mkdir()
+    policy = {"latest": 3}
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    for trial in range(2):
+        for i in range(200):
+            sh("btrfs", "subvolume", "snapshot", "-r", str(subvolume),
+               str(snapdir / f"db@{stamp(now - dt.timedelta(minutes=trial * 1000 + i + 1))}"))
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            # the second starts while the first deletes (ansible's start takes about a second)
+            runs = list(pool.map(lambda delay: time.sleep(delay) or cow(
+                {"src": subvolume, "state": "pruned", "retention": policy}, check=False), (0, 0.3)))
+        assert [rc for rc, dummy in runs] == [0, 0], runs
+        # one run deleted them all, the other (planning under the lock, after it) found nothing to do
+        assert sorted(len(result["deleted"]) for dummy, result in runs) == [0, 200 if trial else 197]
+        assert len(os.listdir(snapdir)) == 3
+
+
+def test_bad_input_is_refused_before_anything(reflink_dir):
+    """Hostile names and policies: a clear message, no traceback, nothing made."""
+    entries = sorted(os.listdir(reflink_dir.parent))
+    bad = [({"name": "db\nx"}, "snapshot name"), ({"name": "a b"}, "snapshot name"), ({"name": "é"}, "snapshot name"),
+           ({"name": "%n;.."}, "snapshot name"), ({"name": "x" * 200}, "snapshot name"),
+           ({"state": "pruned", "retention": {"min_age": "99999999999999w"}}, "more than 100 years"),
+           ({"state": "pruned", "retention": {"min_age": 10 ** 30}}, "more than 100 years"),
+           ({"state": "pruned", "retention": {"daily": 10 ** 30}}, "must be a count"),
+           ({"state": "pruned", "retention": {"timezone": 5}}, "IANA time zone"),
+           ({"state": "pruned", "retention": {"timezone": ["UTC"]}}, "IANA time zone"),
+           ({"state": "pruned", "retention": {"latest": "\u00b2"}}, "latest must be"),
+           ({"dest": str(reflink_dir.parent / "f\u0000x"), "state": "fork"}, "NUL"),
+           ({"dest": str(reflink_dir.parent / "f\nx"), "state": "fork"}, "newline")]
+    for args, words in bad:
+        rc, result = cow({"src": reflink_dir, **args}, check=False)
+        assert rc != 0 and words in result["msg"] and "Traceback" not in result.get("module_stderr", ""), (args, result)
+    assert sorted(os.listdir(reflink_dir.parent)) == entries
+
+
+def test_dest_through_a_symlink_and_a_refused_run_leave_nothing(reflink_dir, loop_fs):
+    other = loop_fs("tmpfs", 16)
+    os.symlink(other, reflink_dir.parent / "elsewhere")
+    rc, result = cow({"src": reflink_dir, "dest": reflink_dir.parent / "elsewhere/fork", "state": "fork"}, check=False)
+    assert rc != 0 and "reached through a symlink" in result["msg"]
+    # a snapshot folder on a file system that cannot share extents: refused, and not created
+    rc, result = cow({"src": reflink_dir, "snapshot_dir": other / "snaps"}, check=False)
+    assert rc != 0 and "cannot share extents" in result["msg"]
+    assert os.listdir(other) == []
+
+
+@pytest.mark.parametrize("point", ["reflink-copied", "reflink-renamed", "reflink-sealing"])
+def test_reflink_snapshot_killed_at_each_window_converges(reflink_dir, point):
+    """``kill -9`` after the copy, between rename and chattr +i, and midway through chattr: the
+    next run leaves only whole, immutable snapshots and no partial copy."""
+    for i in range(600):  # more than one chattr batch (500), so "reflink-sealing" is reached
+        (reflink_dir / f"data/f{i}").write_text(str(i))
+    crash({"src": reflink_dir}, point)
+    rc, made = cow({"src": reflink_dir})
+    assert rc == 0 and made["changed"]
+    snapdir = reflink_dir.parent / ".snapshots"
+    names = sorted(os.listdir(snapdir))
+    assert not [n for n in names if n.endswith(".partial")], names
+    assert len(names) == (1 if point == "reflink-copied" else 2)
+    for name in names:
+        assert "i" in sh("lsattr", "-d", str(snapdir / name)).split()[0]
+        assert "i" in sh("lsattr", str(snapdir / name / "data/f599")).split()[0]
+        assert (snapdir / name / "data/big").read_bytes() == (reflink_dir / "data/big").read_bytes()
+    # an explicit dest killed before it was sealed: the re-run finishes it (changed), then rests
+    dest = reflink_dir.parent / "manual"
+    crash({"src": reflink_dir, "dest": dest}, "reflink-renamed")
+    rc, sealed = cow({"src": reflink_dir, "dest": dest})
+    assert rc == 0 and sealed["changed"] and "i" in sh("lsattr", "-d", str(dest)).split()[0]
+    rc, again = cow({"src": reflink_dir, "dest": dest})
+    assert rc == 0 and not again["changed"]
+
+
+def test_btrfs_prune_killed_midway_converges(subvolume):
+    snapdir = subvolume.parent / ".snapshots"
+    snapdir.mkdir()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    for i in range(250):
+        sh("btrfs", "subvolume", "snapshot", "-r", str(subvolume), str(snapdir / f"db@{stamp(now - dt.timedelta(minutes=i))}"))
+    crash({"src": subvolume, "state": "pruned", "retention": {"latest": 2}}, "btrfs-pruning")
+    left = len(os.listdir(snapdir))
+    assert 2 < left < 250  # killed after the first batch of 100
+    rc, again = cow({"src": subvolume, "state": "pruned", "retention": {"latest": 2}})
+    assert rc == 0 and len(again["deleted"]) == left - 2 and len(os.listdir(snapdir)) == 2
+
+
+def load_util(name):
+    """The checkout's module_utils/NAME.py, loaded the way the host tools load it (flat)."""
+    folder = os.path.join(os.path.dirname(__file__), "../../plugins/module_utils")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_the_lock_is_roots_and_a_held_lock_names_its_holder(subvolume):
+    """The series' lock lives in /run/replica/locks (0700, root), never /tmp; a run that waits
+    past lock_wait fails naming the holder."""
+    snapdir = subvolume.parent / ".snapshots"
+    lock = load_util("_lock")
+    with lock.held("cow", str(snapdir), "a test holding the lock"):
+        info = os.stat(lock.LOCK_DIR)
+        assert info.st_uid == 0 and info.st_mode & 0o777 == 0o700
+        rc, result = cow({"src": subvolume, "lock_wait": 1}, check=False)
+    assert rc != 0 and f"pid {os.getpid()}: a test holding the lock" in result["msg"] and "waited 1 s" in result["msg"]
+    rc, made = cow({"src": subvolume, "lock_wait": 1})
+    assert rc == 0 and made["changed"]
+
+
+def test_listing_while_another_run_deletes(subvolume):
+    """The race two prunes had: a listing read while another run deletes (a name read, then
+    gone before its lstat). The listing skips what vanished instead of failing."""
+    cowlib = load_util("_cow")
+    retention = load_util("_retention")
+    snapdir = subvolume.parent / ".snapshots"
+    snapdir.mkdir()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    names = [str(snapdir / f"db@{stamp(now - dt.timedelta(minutes=i))}") for i in range(300)]
+    for name in names:
+        sh("btrfs", "subvolume", "snapshot", "-r", str(subvolume), name)
+    series = cowlib.Series(cowlib.Btrfs(cowlib.subprocess_runner), str(subvolume), retention)
+    with subprocess.Popen(["btrfs", "subvolume", "delete", *names], stdout=subprocess.DEVNULL) as deleting:
+        seen = set()
+        while deleting.poll() is None:
+            seen.add(len(series.listing()))
+    assert series.listing() == [] and len(seen) > 2  # it listed midway, more than once

@@ -57,7 +57,7 @@ def main(argv=None):
             for name in delete:
                 print(f"delete  {name}")
             return 0
-        with series.lock():
+        with series.lock("replica-snapshot prune" if args.prune else "replica-snapshot"):
             return run_policy(args, policy, backend, series, now)
     except (_cow.CowError, _retention.RetentionError, KeyError, OSError) as exc:
         print(f"replica-snapshot {args.policy}: {exc}", file=sys.stderr)

@@ -148,3 +148,36 @@ def test_the_repeated_hour_when_clocks_go_back_is_two_hours():
     snaps = [(f"s{h}", dt.datetime(2025, 10, 26, h, 0, tzinfo=UTC)) for h in range(4)]
     keep = r.select(snaps, {"hourly": 4, "timezone": "Europe/Berlin"}, NOW)[0]
     assert keep == ["s0", "s1", "s2", "s3"]
+
+
+@pytest.mark.parametrize("policy,words", [
+    ({"min_age": "99999999999999w"}, "more than 100 years"),
+    ({"min_age": 10 ** 30}, "more than 100 years"),
+    ({"min_age": "7d\n"}, None),
+    ({"daily": 10 ** 30}, "must be a count"),
+    ({"daily": "\u00b2"}, "must be a count"),
+    ({"latest": "\u00b2"}, "latest must be"),
+    ({"latest": 10 ** 30}, "latest must be"),
+    ({"timezone": 5}, "IANA time zone"),
+    ({"timezone": ["UTC"]}, "IANA time zone"),
+    ({"timezone": "Mars/Olympus"}, "not a known IANA"),
+    (["daily", 7], "must be a mapping"),
+])
+def test_hostile_policies_are_refused_with_a_message(policy, words):
+    if words is None:  # surrounding white space is not hostile
+        assert r.normalize(policy)["min_age"] == 7 * 86400
+        return
+    with pytest.raises(r.RetentionError, match=words):
+        r.normalize(policy)
+
+
+@pytest.mark.parametrize("base", ["", "a\nb", "a b", "a,b", "%n", "a;b", "..", ".hidden", "x" * 101, "d\u00e9j\u00e0", "a\0b",
+                                  "a/b", "a@b", 5])
+def test_one_rule_for_snapshot_names(base):
+    with pytest.raises(r.RetentionError, match="must be 1 to 100 of"):
+        r.snapshot_name(base, NOW)
+
+
+def test_snapshot_names_the_rule_accepts():
+    for base in ("db", "postgresql-15", "var_lib.mysql", "a+b", "x" * 100):
+        assert r.parse_snapshot_name(base, r.snapshot_name(base, NOW)) == NOW
