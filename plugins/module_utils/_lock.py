@@ -41,6 +41,14 @@ def crash_point(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def pause_point(name):
+    """Sleep ``REPLICA_PAUSE_SECONDS`` (default 2) when ``REPLICA_PAUSE_AT`` names *name*: how the
+    concurrency tests hold a run inside the window another run must not enter. Does nothing
+    otherwise."""
+    if os.environ.get("REPLICA_PAUSE_AT") == name:
+        time.sleep(float(os.environ.get("REPLICA_PAUSE_SECONDS", "2")))
+
+
 class LockError(Exception):
     """A lock was not taken: its folder is unsafe, or its holder kept it past the wait."""
 

@@ -522,6 +522,20 @@ def segments_json(topology):
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def check_mac(mac):
+    """The one rule for a MAC address the caller gives: six colon-separated hex pairs, unicast
+    (it goes into dnsmasq's reservations, where a comma or newline would add others). Returns it
+    in lower case."""
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac.lower()):
+        raise NetworkError(f"mac {mac!r} must be six hex pairs separated by ':', such as 52:54:00:12:34:56")
+    if int(mac[:2], 16) & 1:
+        raise NetworkError(f"mac {mac!r} is a multicast address (its first octet is odd): give a unicast one")
+    return mac.lower()
+
+
 def instance_records(name, segment, ipv4=None, ipv6=None, mac=None):
     """The hosts-file entry (dnsmasq ``hostsdir``) and the DHCP reservation (``dhcp-hostsdir``,
     or None without DHCP) of instance *name* in *segment* (a segments.json entry)."""
@@ -530,7 +544,7 @@ def instance_records(name, segment, ipv4=None, ipv6=None, mac=None):
     hosts += "".join(f"{a} {fqdn} {name}\n" for a in (ipv4, ipv6) if a)
     dhcp = None
     if segment.get("dhcp") and ipv4:
-        dhcp = f"{mac},{ipv4},{name}\n" if mac else f"{name},{ipv4}\n"
+        dhcp = f"{check_mac(mac)},{ipv4},{name}\n" if mac else f"{name},{ipv4}\n"
     return hosts, dhcp
 
 

@@ -48,6 +48,8 @@ options:
     description:
       - The MAC address of the instance's NIC in the segment, to make the DHCP reservation by
         MAC instead of by the host name the client sends.
+      - Six hex pairs separated by C(:), unicast (C(_network.check_mac)); anything else is refused
+        before anything is written.
     type: str
   kinds:
     description:
@@ -69,6 +71,14 @@ options:
         Nothing is written where the file does not exist (avahi is not installed).
     type: path
     default: /etc/avahi/hosts
+notes:
+  - Standard library only; the DHCP reservation of a removed instance is dropped by a SIGHUP to
+    the segment's dnsmasq (C(replica-dnsmasq@SEGMENT.service)) when it runs.
+  - "Concurrency: reading the segment's records, choosing a free address and writing it happen under
+    the segment's lock (C(/run/replica/locks), root's alone), so two runs at once never choose the
+    same address; a run waits up to 600 s, then fails naming the holder."
+  - "Crash consistency: each record is written whole (a rename), and an address is derived from the
+    name, so killed at any point a re-run writes the same records and converges."
 attributes:
   check_mode:
     description: Reports the addresses and records it would write or remove, and writes nothing.
@@ -76,9 +86,6 @@ attributes:
   diff_mode:
     description: Shows the instance's records (and the mDNS block) before and after.
     support: full
-notes:
-  - Standard library only; the DHCP reservation of a removed instance is dropped by a SIGHUP to
-    the segment's dnsmasq (C(replica-dnsmasq@SEGMENT.service)) when it runs.
 """
 
 EXAMPLES = r"""
@@ -151,13 +158,14 @@ link:
   sample: br-lan
 """
 
+import contextlib
 import json
 import os
 import signal
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _network
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _lock, _network
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -266,6 +274,19 @@ def main():
         module.fail_json(msg=f"segment {segment_name!r} is not declared on this host (declared: "
                              f"{', '.join(sorted(segments)) or 'none'}): add it to network_segments")
     segment = segments[segment_name]
+    if params["mac"]:
+        try:
+            params["mac"] = _network.check_mac(params["mac"])
+        except _network.NetworkError as exc:
+            module.fail_json(msg=str(exc))
+    # the segment's records are read, an address chosen and written under the segment's lock (two
+    # runs at once must not choose the same free address); held until this process exits
+    locks = contextlib.ExitStack()
+    try:
+        locks.enter_context(_lock.held("address", os.path.join(params["config_dir"], segment_name),
+                                       f"instance_address {name}"))
+    except _lock.LockError as exc:
+        module.fail_json(msg=str(exc))
     hosts_path = os.path.join(params["config_dir"], segment_name, "hosts", name)
     dhcp_path = os.path.join(params["config_dir"], segment_name, "dhcp-hosts", name)
     before_hosts, before_dhcp = read_text(hosts_path), read_text(dhcp_path)
@@ -321,6 +342,8 @@ def main():
             ipv6 = _addressing.ipv6_for(name, segment["ipv6"], taken=taken)
     except _addressing.AddressError as exc:
         module.fail_json(msg=f"segment {segment_name}: {exc}")
+    _lock.crash_point("address-chosen")
+    _lock.pause_point("address-chosen")
     hosts, dhcp = _network.instance_records(name, segment, ipv4=ipv4, ipv6=ipv6, mac=params["mac"])
     result["changed"] = hosts != before_hosts or dhcp != before_dhcp
     result["diff"] = {"before": (before_hosts or "") + (before_dhcp or ""), "after": hosts + (dhcp or "")}
