@@ -30,8 +30,11 @@ description:
     deleted after it (unless another suite of O(path) still lists them). A client sees the old
     or the new index, never a mix; with O(by_hash) (the default) the previous index files stay
     reachable by their hashes, so a client that read the old C(InRelease) just before the switch
-    still gets the files it lists. A lock (C(.deb_repo.lock), C(flock)) keeps two runs from
-    interleaving."
+    still gets the files it lists. A lock (an C(flock) in C(/run/replica/locks), root's alone,
+    keyed by the repository's real path) keeps two runs from interleaving; a run waits up to
+    600 s, then fails naming the holder. Killed at any point (C(kill -9)), clients still see
+    the old or the new index (the switch is one rename) and a re-run converges; generation
+    folders a killed run left are removed at the next switch."
   - Nothing is written when nothing changes, and after an error the repository is exactly as it
     was.
   - Each package's C(Packages) paragraph is generated once, when it is added (one
@@ -138,7 +141,7 @@ notes:
   - A package removed or pruned is gone from the pool at once; a client still working from the
     index published before may get a 404 for it (run C(apt-get update) again).
   - gpg starts a C(gpg-agent) for O(gnupg_home), which stays running (as after any use of gpg).
-  - Hidden names in O(path) (C(.deb_repo.lock)) and in C(dists) (C(.SUITE.N)) belong to the
+  - Hidden names in C(dists) (C(.SUITE.N)) belong to the
     module; C(dists/SUITE) made by another tool (a folder, not a link) is refused.
 seealso:
   - name: Debian repository format
@@ -254,7 +257,6 @@ fingerprint:
 
 import concurrent.futures
 import contextlib
-import fcntl
 import glob
 import gzip
 import hashlib
@@ -270,12 +272,12 @@ except ImportError:  # a Python built without liblzma: the xz tool, if any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _debrepo as debrepo
+from ansible_collections.replica.cloud.plugins.module_utils import _lock
 from ansible_collections.replica.cloud.plugins.module_utils._debrepo import DebRepoError
 
 ENV = {"LC_ALL": "C"}
 #: the checksums of a package in its Packages paragraph, as in Debian's archive (MD5sum, SHA256)
 PACKAGES_OPTIONS = ["-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"]
-LOCK = ".deb_repo.lock"
 LOCK_WAIT = 600
 COMPRESSIONS = ("", ".gz", ".xz")
 
@@ -559,31 +561,16 @@ class Changes:
 
 @contextlib.contextmanager
 def locked(root, exclusive, changes):
-    """Hold the repository's lock (exclusive to change it, shared to read it); where the lock file
-    does not exist, a reader (check mode) goes without."""
-    path = os.path.join(root, LOCK)
-    if not exclusive and not os.path.exists(path):
-        yield
-        return
-    if exclusive and not os.path.exists(path):
-        changes.mkdirs(root)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        changes.track(path)
-    else:
-        fd = os.open(path, os.O_RDONLY)
+    """Hold the repository's lock (exclusive to change it, shared to read it): ``_lock.held``,
+    keyed by the repository's real path, in root's lock folder (never in the repository, where a
+    failed first run's rollback would delete a lock another run waits on)."""
+    del changes  # the lock is no longer a file of the repository: nothing to roll back
     try:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DebRepoError(f"{path} stayed locked for {LOCK_WAIT} s (another deb_repo run?)") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
+        with _lock.held("debrepo", os.path.realpath(root), f"deb_repo {'publish' if exclusive else 'read'} {root}",
+                        wait=LOCK_WAIT, shared=not exclusive):
+            yield
+    except _lock.LockError as exc:
+        raise DebRepoError(str(exc)) from None
 
 
 def write_new(path, data):

@@ -516,6 +516,28 @@ def test_two_runs_at_once_both_land(tmp_path, key):
     assert apt.update()[0] == 0 and apt.candidate("pkg0") == "1.0" and apt.candidate("pkg1") == "1.0"
 
 
+def test_two_first_runs_at_once_both_land_and_the_lock_is_not_in_the_repository(tmp_path, key):
+    """The first run of a repository had a race on its lock file (O_EXCL: the loser failed with
+    FileExistsError) and a failed first run's rollback deleted the lock another run waited on."""
+    repo = tmp_path / "repo"
+    debs = [build_deb(tmp_path, f"first{i}", "1.0") for i in range(2)]
+    results = [None, None]
+
+    def one(index):
+        results[index] = publish(repo, key, [debs[index]], check=False)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for rc, result in results:
+        assert rc == 0 and result["changed"], result
+    assert not [n for n in os.listdir(repo) if "lock" in n]
+    final = publish(repo, key)
+    assert names(final) == [("first0", "1.0", "all"), ("first1", "1.0", "all")]
+
+
 def test_two_suites_share_the_pool(tmp_path, key):
     repo = tmp_path / "repo"
     hello = build_deb(tmp_path, "hello", "1.0-1")
