@@ -65,6 +65,11 @@ options:
 notes:
   - Needs mmdebstrap on the host, btrfs-progs for btrfs, e2fsprogs for O(format=disk).
   - Only the O(images_dir) of the host's own architecture is built.
+  - "Concurrency: one run per image at a time (a lock in C(/run/replica/locks), root's alone); a second
+    converge building the same image waits up to an hour for the first, then finds the image current."
+  - "Crash consistency: an image is built in C(.NAME.partial) and renamed into place, and its record
+    written last; killed at any point, the next run discards the partial and builds again (a
+    missing or outdated record means not built), so nothing half-built is ever forked."
 attributes:
   check_mode:
     description: Reports whether the image would be built or removed.
@@ -124,6 +129,7 @@ build_seconds:
   type: float
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -132,8 +138,11 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
 from ansible_collections.replica.cloud.plugins.module_utils import _image as img
+from ansible_collections.replica.cloud.plugins.module_utils import _lock
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
+#: a build takes minutes: a second run waits this long for the first one
+IMAGE_LOCK_WAIT = 3600
 
 
 def host_codename():
@@ -174,8 +183,13 @@ def main():
             "initrd": os.path.join(images_dir, f"{name}.initrd.img")} if disk else {}
     record_path = os.path.join(images_dir, f"{name}.json")
     result = {"changed": False, "path": path}
+    locks = contextlib.ExitStack()  # held until the process exits (exit_json included)
     try:
         img.check_name(name)
+        # one run per image at a time: a second converge building the same image waits for the first
+        # (and then finds it current) instead of building into the same partial folder
+        locks.enter_context(_lock.held("image", os.path.join(os.path.abspath(images_dir), name),
+                                       f"machine_image {params['state']} {name}", wait=IMAGE_LOCK_WAIT))
         size = img.disk_size(params["size"]) if disk else None
         record = None
         if os.path.exists(record_path):
@@ -255,7 +269,7 @@ def main():
             raise
         result["build_seconds"] = round(time.monotonic() - started, 1)
         write_record(record_path, key, suite, packages, result["build_seconds"])
-    except (img.ImageError, cow.CowError, OSError) as exc:
+    except (img.ImageError, cow.CowError, OSError, _lock.LockError) as exc:
         module.fail_json(msg=str(exc), **result)
     module.exit_json(**result)
 
