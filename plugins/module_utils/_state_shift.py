@@ -20,20 +20,28 @@ NOTHING = "nothing"        # already where it should be
 MOVE_IN = "move-in"        # copy the directory into a new (or empty) subvolume, empty the directory
 MOVE_OUT = "move-out"      # copy the subvolume back into the directory, delete the subvolume
 REMOVE = "remove"          # delete an empty subvolume; the state is in the directory already
+FINISH = "finish"          # a killed move-in's copy is whole (its mark says so): check it, empty the directory
+
+#: extended attribute on a subvolume while the state is copied into it: {"from": PATH, "complete": bool}
+MARK = "user.replica.state_shift"
 
 
 class ShiftError(ValueError):
     """A situation the module refuses to act on; the message says what to fix."""
 
 
-def plan(state, path, subvolume, *, subvolume_exists, subvolume_empty, path_empty, mounted):
+def plan(state, path, subvolume, *, subvolume_exists, subvolume_empty, path_empty, mounted, mark=None):
     """What to do for *state* (``present``: the state lives in *subvolume*, mounted over
     *path*; ``absent``: it lives in *path* again).
 
-    ``mounted`` means *path* currently shows *subvolume* (a bind mount of it)."""
+    ``mounted`` means *path* currently shows *subvolume* (a bind mount of it); *mark* is the
+    subvolume's :data:`MARK` (a move-in of *path* was killed midway: its copy is ``complete`` or not)."""
+    ours = bool(mark) and mark.get("from") == path
     if state == "present":
         if mounted:
             return NOTHING
+        if ours:  # a move-in of this path was killed: finish it, or make its copy again
+            return FINISH if mark.get("complete") else MOVE_IN
         if not subvolume_exists or subvolume_empty:
             return MOVE_IN
         if path_empty:

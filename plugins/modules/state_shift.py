@@ -45,6 +45,11 @@ notes:
   - Only btrfs is supported as the subvolume's file system; anything else fails with a message
     and changes nothing. Snapshots of the subvolume are not touched by O(state=absent).
   - Needs C(btrfs) (btrfs-progs) and GNU C(cp) on the target.
+  - "Crash consistency of a move in: killed at any point (C(kill -9)), a re-run converges and nothing
+    is lost. The subvolume carries the mark C(user.replica.state_shift) ({from, complete}) while the
+    state is copied into it: an incomplete copy is made again; a complete one is compared with the
+    directory again and the move finished (action V(finish)). The directory is emptied by swapping
+    it with an empty one in one step (C(renameat2(RENAME_EXCHANGE))), so it is never missing."
 attributes:
   check_mode:
     description: Reports the move it would make, and the processes that still use the state.
@@ -82,7 +87,7 @@ action:
   description: What was done (or would be in check mode)
   returned: always
   type: str
-  choices: [nothing, move-in, move-out, remove]
+  choices: [nothing, move-in, move-out, remove, finish]
 location:
   description: Where the state lives after the run, V(subvolume) or V(path).
   returned: always
@@ -105,11 +110,25 @@ files:
   sample: 1042
 """
 
+import ctypes
+import json
 import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.replica.cloud.plugins.module_utils import _lock
 from ansible_collections.replica.cloud.plugins.module_utils import _state_shift as shift
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(first, second):
+    """Swap two paths atomically (``renameat2(RENAME_EXCHANGE)``, glibc 2.28+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"exchanging {first} and {second}: {os.strerror(err)}")
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
 
@@ -197,27 +216,57 @@ class Mover:
     def delete_subvolume(self, path):
         self.run([self.btrfs_bin(), "subvolume", "delete", path], f"deleting subvolume {path}")
 
+    @staticmethod
+    def read_mark(path):
+        try:
+            return json.loads(os.getxattr(path, shift.MARK))
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def write_mark(target, path, complete):
+        os.setxattr(target, shift.MARK, json.dumps({"from": path, "complete": complete}).encode())
+
+    @staticmethod
+    def clear_mark(target):
+        try:
+            os.removexattr(target, shift.MARK)
+        except OSError:
+            pass
+
     def empty(self, path):
-        """Leave *path* an empty directory with its owner and mode: the old one is renamed aside
-        in one step, then removed."""
+        """Leave *path* an empty directory with its owner and mode, in one step: an empty sibling
+        is swapped with it (``renameat2(RENAME_EXCHANGE)``), so *path* is never missing, then the
+        old contents, now in the sibling, are removed."""
         st = os.lstat(path)
         aside = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.replica-moved")
         if os.path.lexists(aside):
             shutil.rmtree(aside)
-        os.rename(path, aside)
-        try:
-            os.mkdir(path, 0o700)
-            os.chown(path, st.st_uid, st.st_gid)
-            os.chmod(path, st.st_mode & 0o7777)
-        except OSError:
-            if os.path.isdir(path):
-                os.rmdir(path)
-            os.rename(aside, path)
-            raise
+        os.mkdir(aside, 0o700)
+        os.chown(aside, st.st_uid, st.st_gid)
+        os.chmod(aside, st.st_mode & 0o7777)
+        exchange(aside, path)
+        _lock.crash_point("state-emptied")
         try:
             shutil.rmtree(aside)
         except OSError as exc:
             self.module.warn(f"the old copy of the state, {aside}, could not be removed: {exc}")
+
+    def finish(self, path, subvolume):
+        """A killed move-in left a whole copy (marked complete): check it again, then empty *path*
+        (or, where it was emptied already, remove what the kill left aside)."""
+        if os.listdir(path):
+            differing = shift.tree_differences(self.listing(path), self.listing(subvolume))
+            if differing:
+                raise shift.ShiftError(f"{subvolume} holds a copy of {path} from an interrupted run, but they differ "
+                                       f"at {', '.join(differing)} (written since?): keep the one you want and empty "
+                                       f"or delete the other, then run again")
+            self.empty(path)
+        aside = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.replica-moved")
+        if os.path.lexists(aside):
+            shutil.rmtree(aside)
+        self.clear_mark(subvolume)
+        return len(self.listing(subvolume)) - 1
 
     def move_in(self, path, subvolume, subvolume_exists):
         created_parents = []
@@ -237,26 +286,38 @@ class Mover:
                     self.delete_subvolume(target)
                 self.run([self.btrfs_bin(), "subvolume", "create", target], f"creating {target}")
                 made_target = True
+            else:
+                self.clear_out(target)  # empty, or an unfinished copy of ours (plan() checked)
+            self.write_mark(target, path, complete=False)
+            _lock.crash_point("state-copying")
             files = self.copy(path, target)
+            self.write_mark(target, path, complete=True)
             if not subvolume_exists:
                 os.rename(target, subvolume)
                 target = subvolume
-            self.empty(path)
-            return files
+            _lock.crash_point("state-copied")
         except (shift.ShiftError, OSError):
             if made_target:
                 self.delete_subvolume(target)
             elif subvolume_exists:
-                for name in os.listdir(subvolume):
-                    full = os.path.join(subvolume, name)
-                    if os.path.isdir(full) and not os.path.islink(full):
-                        shutil.rmtree(full)
-                    else:
-                        os.unlink(full)
+                self.clear_out(subvolume)
+                self.clear_mark(subvolume)
             for folder in created_parents:
                 if os.path.isdir(folder) and not os.listdir(folder):
                     os.rmdir(folder)
             raise
+        self.empty(path)
+        self.clear_mark(subvolume)
+        return files
+
+    @staticmethod
+    def clear_out(folder):
+        for name in os.listdir(folder):
+            full = os.path.join(folder, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
 
     def move_out(self, path, subvolume):
         incoming = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.replica-restore")
@@ -314,10 +375,11 @@ def main():
         action = shift.plan(
             state, path, subvolume, subvolume_exists=subvolume_exists,
             subvolume_empty=subvolume_exists and not os.listdir(subvolume),
-            path_empty=not os.listdir(path), mounted=mounted)
+            path_empty=not os.listdir(path), mounted=mounted,
+            mark=mover.read_mark(subvolume) if subvolume_exists else None)
         users = []
-        if action in (shift.MOVE_IN, shift.MOVE_OUT):
-            users = mover.users(path if action == shift.MOVE_IN else subvolume)
+        if action in (shift.MOVE_IN, shift.MOVE_OUT, shift.FINISH):
+            users = mover.users(subvolume if action == shift.MOVE_OUT else path)
             result["users"] = users
             # in check mode a running service is expected (the role stops it before the move)
             if users and not module.check_mode:
@@ -340,6 +402,8 @@ def main():
     try:
         if action == shift.MOVE_IN:
             result["files"] = mover.move_in(path, subvolume, subvolume_exists)
+        elif action == shift.FINISH:
+            result["files"] = mover.finish(path, subvolume)
         elif action == shift.MOVE_OUT:
             result["files"] = mover.move_out(path, subvolume)
         else:

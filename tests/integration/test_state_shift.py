@@ -160,3 +160,26 @@ def test_refuses_a_subvolume_path_that_is_a_plain_folder(ansible, cow, state):
     (cow / "svc").mkdir()
     rc, result = shift(ansible, state, cow / "svc", check=False)
     assert rc != 0 and "is not a btrfs subvolume" in result["msg"]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-subvolume", "existing-subvolume"])
+@pytest.mark.parametrize("point", ["state-copying", "state-copied", "state-emptied"])
+def test_a_move_in_killed_at_each_window_converges(ansible, cow, state, point, existing):
+    """``kill -9`` before the copy, after it (both sides hold the data: the re-run refused before
+    the mark), and after the directory was swapped empty (it was missing for a moment before):
+    the re-run finishes the move, with every file, and leaves nothing aside."""
+    subvolume = cow / "svc"
+    if existing:
+        sh("btrfs", "subvolume", "create", str(subvolume))
+    original = fingerprint(state)
+    rc, killed = run_module("replica.cloud.state_shift", {"path": str(state), "subvolume": str(subvolume)},
+                            check=False, env={"REPLICA_CRASH_AT": point})
+    assert rc != 0 and "Killed" in killed.get("module_stderr", ""), killed
+    assert os.path.isdir(state)  # never missing
+    rc, again = shift(ansible, state, subvolume)
+    assert rc == 0 and again["changed"], again
+    assert again["action"] == ("finish" if point != "state-copying" else "move-in")
+    assert fingerprint(subvolume) == original and os.listdir(state) == []
+    assert sorted(os.listdir(state.parent)) == ["svc"] and sorted(os.listdir(cow)) == ["svc"]
+    rc, rest = shift(ansible, state, subvolume)
+    assert rc == 0 and not rest["changed"]
