@@ -1,0 +1,145 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: service_config
+short_description: A running service has applied its current configuration files, whatever earlier runs did
+version_added: 0.1.0
+description:
+  - Restarts (or reloads) the systemd unit O(name) when what runs is older than its configuration
+    O(paths), and starts it when it is not running. The decision is made from live state, not from
+    whether this run changed a file, so a run that failed (or was killed) between writing a
+    configuration and applying it is made good by the next run; a handler would be lost.
+  - "Live state: the unit's C(ActiveEnterTimestampMonotonic) against the files' newest
+    modification time, C(NeedDaemonReload), and a stamp this module writes after it applies
+    (C(/run/replica/live), keyed by the unit's C(InvocationID) and the files' SHA-256), which is how
+    a reload, which keeps the invocation and its start time, is known to have happened."
+author: replica.cloud contributors (@replica-cloud)
+options:
+  name:
+    description: The unit, for example C(replica-dnsmasq@lan.service).
+    type: str
+    required: true
+  paths:
+    description:
+      - "The files (or folders, all files below) the running unit must have applied: its
+        configuration, its unit file and drop-ins. A path that does not exist counts as such (its
+        appearing later is a change)."
+    type: list
+    elements: path
+    required: true
+  state:
+    description:
+      - V(restarted) - the unit was started after its files last changed (restarted when not).
+      - V(reloaded) - the unit has applied its files, by a reload (C(systemctl reload-or-restart))
+        when not.
+    type: str
+    choices: [restarted, reloaded]
+    default: restarted
+notes:
+  - "Crash consistency: killed before the stamp is written, the next run compares again and at
+    worst applies once more."
+attributes:
+  check_mode:
+    description: Reports whether the unit would be restarted or reloaded, and why.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: The segment's dnsmasq runs its current configuration
+  replica.cloud.service_config:
+    name: replica-dnsmasq@lan.service
+    paths: [/etc/replica/network/lan/dnsmasq.conf, /etc/systemd/system/replica-dnsmasq@.service]
+"""
+
+RETURN = r"""
+reason:
+  description: Why the unit was (or would be) restarted or reloaded; empty when it runs its current files.
+  returned: always
+  type: str
+  sample: its files changed after it started
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.replica.cloud.plugins.module_utils import _live as live
+from ansible_collections.replica.cloud.plugins.module_utils import _files as files
+
+ENV = {"LC_ALL": "C", "LANG": "C"}
+PROPS = ("LoadState", "ActiveState", "InvocationID", "NeedDaemonReload", "ActiveEnterTimestampMonotonic")
+
+
+def show(module, systemctl, unit):
+    rc, out, err = module.run_command([systemctl, "show", "--property=" + ",".join(PROPS), "--", unit],
+                                      environ_update=ENV)
+    if rc != 0:
+        module.fail_json(msg=f"systemctl show {unit} failed: {(err or out).strip()}")
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    if props.get("LoadState") in ("not-found", "masked", "bad-setting", "error"):
+        module.fail_json(msg=f"unit {unit} is {props['LoadState']}: install (or unmask, or fix) it before "
+                             f"asking it to apply its configuration")
+    return props
+
+
+def read_stamp(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "paths": {"type": "list", "elements": "path", "required": True},
+            "state": {"type": "str", "choices": ["restarted", "reloaded"], "default": "restarted"},
+        },
+        supports_check_mode=True,
+    )
+    unit, paths = module.params["name"], module.params["paths"]
+    systemctl = module.get_bin_path("systemctl")
+    if not systemctl:
+        module.fail_json(msg="systemctl is not on the target: this module needs systemd")
+    props = show(module, systemctl, unit)
+    content_digest, newest = live.digest(paths)
+    stamp_file = live.stamp_path(unit)
+    started = live.started_at(int(props.get("ActiveEnterTimestampMonotonic") or 0), time.monotonic(), time.time())
+    reason = live.stale(props, content_digest, newest, read_stamp(stamp_file), started)
+    result = {"changed": bool(reason), "reason": reason or ""}
+    if module.check_mode:
+        module.exit_json(**result)
+    if reason:
+        steps = []
+        if props.get("NeedDaemonReload") == "yes":
+            steps.append([systemctl, "daemon-reload"])
+        verb = "restart" if module.params["state"] == "restarted" else "reload-or-restart"
+        steps.append([systemctl, verb, "--", unit])
+        for argv in steps:
+            rc, out, err = module.run_command(argv, environ_update=ENV)
+            if rc != 0:
+                module.fail_json(msg=f"{' '.join(argv)} failed: {(err or out).strip()} (see journalctl -u {unit})",
+                                 **result)
+        props = show(module, systemctl, unit)
+        if props.get("ActiveState") not in ("active", "reloading"):
+            module.fail_json(msg=f"{unit} is {props.get('ActiveState')} after {verb}: see journalctl -u {unit}",
+                             **result)
+    # record what this invocation runs (also when nothing was needed: a later reload is then told apart)
+    os.makedirs(live.STAMP_DIR, 0o700, exist_ok=True)
+    files.write_text(stamp_file, json.dumps({"unit": unit, "invocation": props.get("InvocationID"),
+                                             "digest": content_digest}) + "\n", mode=0o600)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

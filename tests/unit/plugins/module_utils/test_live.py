@@ -1,0 +1,74 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Converge means live: the comparisons nft_table and service_config decide by."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible_collections.replica.cloud.plugins.module_utils import _live as live
+
+
+def listing(elements, handle=3, rule_port=22):
+    return json.dumps({"nftables": [
+        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "replica", "handle": handle}},
+        {"set": {"family": "inet", "name": "i4", "table": "replica", "type": "ipv4_addr", "handle": handle + 1,
+                 "elem": elements}},
+        {"rule": {"family": "inet", "table": "replica", "chain": "input", "handle": handle + 2,
+                  "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                                      "right": rule_port}}, {"accept": None}]}},
+    ]})
+
+
+def test_handles_metainfo_and_element_order_do_not_count():
+    assert live.nft_normalize(listing(["10.0.0.2", "10.0.0.1"], handle=3)) == \
+        live.nft_normalize(listing(["10.0.0.1", "10.0.0.2"], handle=40))
+
+
+def test_a_rule_or_an_element_that_differs_counts():
+    base = live.nft_normalize(listing(["10.0.0.1"]))
+    assert live.nft_normalize(listing(["10.0.0.1"], rule_port=8080)) != base
+    assert live.nft_normalize(listing(["10.0.0.1", "10.0.0.9"])) != base
+    assert live.nft_normalize(listing([])) != base
+
+
+def test_digest_sees_content_names_and_absence(tmp_path):
+    conf = tmp_path / "a.conf"
+    conf.write_text("x=1\n")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/b.conf").write_text("y\n")
+    first, newest = live.digest([str(conf), str(tmp_path / "d"), str(tmp_path / "missing")])
+    assert newest == max(os.stat(conf).st_mtime, os.stat(tmp_path / "d/b.conf").st_mtime)
+    (tmp_path / "d/b.conf").write_text("z\n")
+    assert live.digest([str(conf), str(tmp_path / "d"), str(tmp_path / "missing")])[0] != first
+    (tmp_path / "missing").write_text("")
+    assert live.digest([str(conf), str(tmp_path / "d"), str(tmp_path / "missing")])[0] != first
+
+
+ACTIVE = {"ActiveState": "active", "InvocationID": "inv1", "NeedDaemonReload": "no"}
+
+
+def test_a_unit_started_before_its_files_changed_is_stale():
+    assert live.stale(ACTIVE, "d1", newest_mtime=200.0, stamp=None, started=100.0) == "its files changed after it started"
+    assert live.stale(ACTIVE, "d1", newest_mtime=100.0, stamp=None, started=200.0) is None
+
+
+def test_the_stamp_of_this_invocation_decides_after_a_reload():
+    stamp = {"invocation": "inv1", "digest": "d1"}
+    # reloaded after the files changed: same invocation, old start time, the stamp says it applied them
+    assert live.stale(ACTIVE, "d1", newest_mtime=200.0, stamp=stamp, started=100.0) is None
+    assert live.stale(ACTIVE, "d2", newest_mtime=200.0, stamp=stamp, started=100.0) == "its files changed since it applied them"
+    # a stamp of an earlier invocation says nothing: the start time decides
+    assert live.stale(dict(ACTIVE, InvocationID="inv2"), "d2", 200.0, stamp, started=300.0) is None
+
+
+def test_not_running_or_an_unread_unit_file_is_stale():
+    assert live.stale(dict(ACTIVE, ActiveState="failed"), "d", 0, None, 1.0) == "it is failed"
+    assert live.stale(dict(ACTIVE, NeedDaemonReload="yes"), "d", 0, None, 1.0) == "its unit file changed since systemd read it"
+
+
+def test_started_at_turns_monotonic_into_wall_clock():
+    assert live.started_at(5_000_000, now_monotonic=10.0, now_realtime=1000.0) == 995.0
+    assert live.started_at(0, 10.0, 1000.0) is None
