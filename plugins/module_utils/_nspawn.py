@@ -17,7 +17,8 @@ import re
 from ansible_collections.replica.cloud.plugins.module_utils._sandbox import escape_path
 
 HEADER = "# Managed by replica.cloud.nspawn_machine"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
+#: a machine's name is also its host name and its DNS label: 1-63 characters (RFC 1035)
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ADDRESS_RE = re.compile(r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
@@ -34,7 +35,7 @@ class MachineError(ValueError):
 
 def check_name(name):
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise MachineError(f"machine name {name!r} must be 1-64 lower-case letters, digits and '-', "
+        raise MachineError(f"machine name {name!r} must be 1-63 lower-case letters, digits and '-', "
                            f"not starting or ending with '-' (it is also the host name)")
     return name
 
@@ -131,17 +132,81 @@ def _value(value):
     return str(value)
 
 
+#: the most MemoryMax= may say: beyond 1 PiB a value is a typo (999999T), not a machine
+MEMORY_MAX = 1 << 50
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def check_limits(spec):
+    """``[(systemd key, value)]`` of the machine's resource limits, each checked: memory_max a
+    size up to 1P, a percentage up to 100% or infinity; cpu_weight 1-10000; tasks_max 1-4194304."""
+    out = []
+    value = spec.get("memory_max")
+    if value not in (None, ""):
+        match = re.fullmatch(r"([0-9]{1,20})([KMGTP%]?)|infinity", str(value))
+        size = int(match.group(1)) * _UNITS.get(match.group(2), 1) if match and match.group(1) else 0
+        if not match or (match.group(2) == "%" and int(match.group(1)) > 100) or \
+                (match.group(1) and match.group(2) != "%" and not 0 < size <= MEMORY_MAX):
+            raise MachineError(f"memory_max {value!r} must be a size from 1 to 1P (with K, M, G, T or P), a "
+                               f"percentage up to 100%, or infinity")
+        out.append(("MemoryMax", str(value)))
+    for option, key, low, high in (("cpu_weight", "CPUWeight", 1, 10000), ("tasks_max", "TasksMax", 1, 4194304)):
+        value = spec.get(option)
+        if value in (None, ""):
+            continue
+        if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,8}", str(value)) or not low <= int(value) <= high:
+            raise MachineError(f"{option} {value!r} must be a whole number from {low} to {high}")
+        out.append((key, str(value)))
+    return out
+
+
+def check_inventory(machines, images, known_images=None, default_image=None):
+    """Check the containers role's inventory before anything is made: lists of mappings (not a
+    string from the command line), one rule for names, no name twice, every machine's image
+    declared (or built earlier: *known_images*; None skips this check), limits in range.
+    Returns the machines."""
+    for what, value in (("containers_machines", machines), ("containers_images", images)):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, dict) for item in value):
+            raise MachineError(f"{what} must be a list of mappings, got {type(value).__name__} {value!r:.60}: on the "
+                               f"command line give it as JSON, for example -e '{{\"{what}\": []}}'")
+    declared = []
+    for index, image in enumerate(images):
+        name = image.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise MachineError(f"containers_images #{index + 1}: name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - ")
+        if name in declared:
+            raise MachineError(f"containers_images: image {name!r} is declared twice")
+        if image.get("state", "present") != "absent":
+            declared.append(name)
+    seen = {}
+    for index, machine in enumerate(machines):
+        name = machine.get("name")
+        try:
+            check_name(name)
+        except MachineError as exc:
+            raise MachineError(f"containers_machines #{index + 1}: {exc}") from None
+        if name in seen:
+            raise MachineError(f"containers_machines: machine {name!r} is declared twice (#{seen[name] + 1} and "
+                               f"#{index + 1}): each run would flip between the two; keep one")
+        seen[name] = index
+        if machine.get("state", "started") == "absent":
+            continue
+        try:
+            check_limits(machine)
+        except MachineError as exc:
+            raise MachineError(f"machine {name!r}: {exc}") from None
+        image = machine.get("image") or default_image
+        if known_images is not None and image and not str(image).startswith("/") and image not in declared and image not in known_images:
+            raise MachineError(f"machine {name!r}: image {image!r} is not declared in containers_images "
+                               f"(declared: {', '.join(declared) or 'none'}) and not built on the host (built: "
+                               f"{', '.join(sorted(known_images)) or 'none'}): declare it, or choose one of those")
+    return machines
+
+
 def render_dropin(spec):
     """The ``systemd-nspawn@<name>.service.d/50-replica.conf`` text: resource limits and the
     devices a GPU needs; None when there is nothing to say."""
-    lines = []
-    limits = (("memory_max", "MemoryMax"), ("cpu_weight", "CPUWeight"), ("tasks_max", "TasksMax"))
-    for option, key in limits:
-        value = spec.get(option)
-        if value not in (None, ""):
-            if not re.match(r"^[0-9]+[KMGTP%]?$|^infinity$", str(value)):
-                raise MachineError(f"{option} {value!r} must be a number (with K, M, G, T or %) or infinity")
-            lines.append(f"{key}={value}")
+    lines = [f"{key}={value}" for key, value in check_limits(spec)]
     if spec.get("gpu"):
         lines += [f"DeviceAllow={node} rwm" for node in spec["gpu"].get("devices", [])]
     if not lines:

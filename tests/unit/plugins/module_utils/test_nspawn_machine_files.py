@@ -20,12 +20,12 @@ def sections(text):
     return out
 
 
-@pytest.mark.parametrize("name", ["a", "web1", "db-2", "x" * 64])
+@pytest.mark.parametrize("name", ["a", "web1", "db-2", "x" * 63])
 def test_good_names(name):
     assert ns.check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "Web", "a_b", "a.b", "x" * 65, None])
+@pytest.mark.parametrize("name", ["", "-a", "a-", "Web", "a_b", "a.b", "x" * 64, None])
 def test_bad_names(name):
     with pytest.raises(ns.MachineError):
         ns.check_name(name)

@@ -1,0 +1,25 @@
+# Copyright: (c) 2026, replica.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The containers role's inventory check (plugins/module_utils/_nspawn.py)."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.replica.cloud.plugins.module_utils import _nspawn
+
+
+def containers_inventory(machines, images, known_images=None, default_image=None):
+    """The machines, checked; an AnsibleFilterError names the culprit. Without *known_images*
+    (the images built on the host) the machines' images are not checked."""
+    try:
+        return _nspawn.check_inventory(machines, images, known_images, default_image or None)
+    except _nspawn.MachineError as exc:
+        raise AnsibleFilterError(f"containers inventory: {exc}") from exc
+
+
+class FilterModule:
+    """replica.cloud containers filters."""
+
+    def filters(self):
+        return {"containers_inventory": containers_inventory}
