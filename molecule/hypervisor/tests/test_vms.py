@@ -64,6 +64,16 @@ def test_the_web_console_answers_a_websocket_upgrade_with_the_vnc_greeting(host)
     assert answer["payload"].startswith("RFB 003.00")
 
 
+def test_the_web_console_refuses_users_other_than_root(host):
+    """The console has no password of its own: its socket is root's (0660 root:root), so another
+    user of the host cannot reach the VM's screen (the ingress gate will proxy it for others)."""
+    info = host.file("/run/replica-vm-console/q1.sock")
+    assert (info.user, info.group, info.mode) == ("root", "root", 0o660)
+    probe = "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/replica-vm-console/q1.sock')"
+    out = host.run(f"runuser -u nobody -- python3 -c {shlex.quote(probe)}")
+    assert out.rc != 0 and "PermissionError" in out.stderr
+
+
 def test_stopping_the_vm_stops_its_whole_set_gracefully(host):
     host.check_output("systemctl stop replica-vm@q1.service")
     units = "replica-vm@q1.service replica-vm-swtpm@q1.service replica-vm-websockify@q1.service replica-vm-console@q1.socket"

@@ -1,0 +1,1 @@
+../../resources/tests/test_exposure.py
