@@ -28,7 +28,7 @@ description:
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
-    description: Machine name, also its host name (1-64 of C([a-z0-9-])).
+    description: Machine name, also its host name (1-63 of C([a-z0-9-])).
     type: str
     required: true
   state:
@@ -141,6 +141,10 @@ options:
     default: false
 notes:
   - Needs systemd-container (systemd-nspawn, machinectl) on the host, and btrfs-progs for btrfs images.
+  - "Crash consistency: a new machine is forked and given its first-boot files in
+    C(MACHINES_DIR/.NAME.partial), then renamed into place, so killed at any point (C(kill -9)) it
+    either does not exist (the re-run makes it, discarding the partial) or is whole; its settings
+    files are each written whole (a rename) and rewritten by every run."
 attributes:
   check_mode:
     description: Reports what would be created, changed, started or removed.
@@ -205,6 +209,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
 from ansible_collections.replica.cloud.plugins.module_utils import _nspawn as ns
+from ansible_collections.replica.cloud.plugins.module_utils import _lock
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write_file
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
@@ -332,7 +337,8 @@ def image_path(params):
         return None
     path = image if image.startswith("/") else os.path.join(params["images_dir"], image)
     if not os.path.isdir(path):
-        known = sorted(os.listdir(params["images_dir"])) if os.path.isdir(params["images_dir"]) else []
+        known = sorted(entry.name for entry in os.scandir(params["images_dir"])
+                       if entry.is_dir() and not entry.name.startswith(".")) if os.path.isdir(params["images_dir"]) else []
         raise ns.MachineError(f"image {image} is not there ({path}); known images: {', '.join(known) or 'none'}")
     return path
 
@@ -466,12 +472,18 @@ def main():
             module.exit_json(**result)
 
         if create:
+            # forked and given its first-boot files beside its place, then renamed into it: killed
+            # at any point, the machine either does not exist (the re-run makes it) or is whole
             os.makedirs(params["machines_dir"], 0o700, exist_ok=True)
-            backend.fork(image, fork)
+            partial = os.path.join(params["machines_dir"], f".{name}.partial")
+            cow.remove_tree(partial, run)
+            backend.fork(image, partial)
             try:
-                apply_firstboot(fork, spec)
+                apply_firstboot(partial, spec)
+                _lock.crash_point("machine-forked")
+                os.rename(partial, fork)
             except (ns.MachineError, OSError):
-                cow.remove_tree(fork, run)
+                cow.remove_tree(partial, run)
                 raise
         os.makedirs(STATE_DIR, 0o755, exist_ok=True)
         if spec.get("shared_hosts", True):

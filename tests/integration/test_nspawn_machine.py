@@ -6,9 +6,11 @@ booted by systemd-nspawn@.service to READY, on a bridge, reaching each other by 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tempfile
 
-from conftest import run_module, seed_image
+from conftest import run_ansible, run_module, seed_image
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIReplicaTestKey test@replica"
 
@@ -29,6 +31,21 @@ def tree_digest(root):
     return digest.hexdigest()
 
 
+def crash_in(machine, module, args, point):
+    """Run *module* in lab host *machine* with ``kill -9`` at crash point *point* (a play sets the
+    module's environment; an ad-hoc run through the connection cannot)."""
+    play = [{"hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "run killed at " + point, module: args, "environment": {"REPLICA_CRASH_AT": point}}]}]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
+        json.dump(play, handle)
+    try:
+        return run_ansible("ansible-playbook", "-i", f"{machine.name},", "-c", "replica.cloud.nspawn",
+                           "-e", f"ansible_nspawn_leader_pid={machine.leader}",
+                           "-e", "ansible_python_interpreter=/usr/bin/python3", handle.name, check=False)
+    finally:
+        os.unlink(handle.name)
+
+
 def test_lifecycle_names_and_firstboot(lab, lab_host):
     machine = lab_host("it-machines")
     image = seed_image(lab, machine)
@@ -46,6 +63,20 @@ def test_lifecycle_names_and_firstboot(lab, lab_host):
            "files": [{"path": "/etc/motd", "content": "replica.cloud machine\n"}]}
     db = {"name": "db1", "image": "debian-12", "network": {"type": "bridge", "bridge": "br-m",
           "addresses": ["10.77.0.12/24"]}}
+
+    # killed after the fork and its first-boot files, before the rename: the re-run makes it whole
+    killed = crash_in(machine, "replica.cloud.nspawn_machine", {"name": "kill1", "image": "debian-12", "state": "present"},
+                      "machine-forked")
+    assert killed.returncode != 0 and "Killed" in killed.stdout, killed.stdout
+    machines = os.path.join(machine.directory, "var/lib/machines")
+    assert not os.path.exists(os.path.join(machines, "kill1"))
+    rc, made = nm({"name": "kill1", "image": "debian-12", "state": "present"})
+    assert rc == 0 and made["changed"]
+    with open(os.path.join(machines, "kill1/etc/hostname"), encoding="utf-8") as handle:
+        assert handle.read() == "kill1\n"
+    assert not [n for n in os.listdir(machines) if n.endswith(".partial")]
+    rc, gone = nm({"name": "kill1", "state": "absent"})
+    assert rc == 0 and gone["changed"]
 
     rc, checked = nm(web, "--check", "--diff")
     assert rc == 0 and checked["changed"]
