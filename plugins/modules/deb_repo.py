@@ -263,7 +263,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import time
 
 try:
     import lzma

@@ -130,6 +130,7 @@ def exchange(first, second):
         err = ctypes.get_errno()
         raise OSError(err, f"exchanging {first} and {second}: {os.strerror(err)}")
 
+
 ENV = {"LC_ALL": "C", "LANG": "C"}
 
 

@@ -131,7 +131,9 @@ def test_a_killed_move_in_is_finished_or_made_again():
     common = {"subvolume_exists": True, "subvolume_empty": False, "path_empty": False, "mounted": False}
     assert shift.plan("present", "/var/lib/x", "/srv/x", **common, mark={"from": "/var/lib/x", "complete": True}) == shift.FINISH
     assert shift.plan("present", "/var/lib/x", "/srv/x", **common, mark={"from": "/var/lib/x", "complete": False}) == shift.MOVE_IN
-    assert shift.plan("present", "/var/lib/x", "/srv/x", **dict(common, path_empty=True),
+    emptied = dict(common)
+    emptied["path_empty"] = True
+    assert shift.plan("present", "/var/lib/x", "/srv/x", **emptied,
                       mark={"from": "/var/lib/x", "complete": True}) == shift.FINISH  # what a kill left aside goes
     with pytest.raises(shift.ShiftError, match="both"):  # another path's mark is not ours
         shift.plan("present", "/var/lib/x", "/srv/x", **common, mark={"from": "/var/lib/y", "complete": True})
