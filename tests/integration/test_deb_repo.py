@@ -493,22 +493,26 @@ def test_publication_switches_one_link_and_keeps_the_old_indexes_by_hash(tmp_pat
     assert apt.update()[0] == 0 and apt.candidate("tool") == "1.0"
 
 
-def test_two_runs_at_once_both_land(tmp_path, key):
-    repo = tmp_path / "repo"
-    publish(repo, key, [build_deb(tmp_path, "base", "1.0")])
-    debs = [build_deb(tmp_path, f"pkg{i}", "1.0") for i in range(2)]
-    results = [None, None]
+def publish_at_once(repo, key, debs):
+    """Publish each of *debs* in its own run, all at once; each must land."""
+    results = [None] * len(debs)
 
     def one(index):
         results[index] = publish(repo, key, [debs[index]], check=False)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(debs))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     for rc, result in results:
         assert rc == 0 and result["changed"], result
+
+
+def test_two_runs_at_once_both_land(tmp_path, key):
+    repo = tmp_path / "repo"
+    publish(repo, key, [build_deb(tmp_path, "base", "1.0")])
+    publish_at_once(repo, key, [build_deb(tmp_path, f"pkg{i}", "1.0") for i in range(2)])
     final = publish(repo, key)
     assert final["changed"] is False
     assert names(final) == [("base", "1.0", "all"), ("pkg0", "1.0", "all"), ("pkg1", "1.0", "all")]
@@ -520,19 +524,7 @@ def test_two_first_runs_at_once_both_land_and_the_lock_is_not_in_the_repository(
     """The first run of a repository had a race on its lock file (O_EXCL: the loser failed with
     FileExistsError) and a failed first run's rollback deleted the lock another run waited on."""
     repo = tmp_path / "repo"
-    debs = [build_deb(tmp_path, f"first{i}", "1.0") for i in range(2)]
-    results = [None, None]
-
-    def one(index):
-        results[index] = publish(repo, key, [debs[index]], check=False)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for rc, result in results:
-        assert rc == 0 and result["changed"], result
+    publish_at_once(repo, key, [build_deb(tmp_path, f"first{i}", "1.0") for i in range(2)])
     assert not [n for n in os.listdir(repo) if "lock" in n]
     final = publish(repo, key)
     assert names(final) == [("first0", "1.0", "all"), ("first1", "1.0", "all")]
