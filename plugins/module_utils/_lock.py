@@ -81,12 +81,22 @@ def holder(path):
 
 
 @contextlib.contextmanager
-def held(kind, key, what, wait=WAIT, shared=False, folder=LOCK_DIR):
+def held(kind, key, what, wait=WAIT, shared=False, folder=LOCK_DIR, path=None):
     """Hold the lock of *key* while the block runs; *what* (for example ``"prune /srv/data"``) is
     written into it for whoever waits. Waits up to *wait* seconds, then raises :class:`LockError`
-    naming the holder. *shared* locks (readers) exclude only exclusive ones."""
-    path = lock_file(kind, key, safe_folder(folder))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    naming the holder. *shared* locks (readers) exclude only exclusive ones. *path* names the
+    lock file instead (a thing's own lock beside it, for a thing that users other than root
+    change too, such as a repository its pipeline's user publishes: such a file is made 0644,
+    opened read-only where it is another user's, and not written, so the thing is unchanged)."""
+    own = path is not None
+    path = path or lock_file(kind, key, safe_folder(folder))
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, os.O_RDWR | flags, 0o644 if own else 0o600)
+    except PermissionError:
+        if not own:
+            raise
+        fd = os.open(path, os.O_RDONLY | flags)
     try:
         deadline = time.monotonic() + wait
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
@@ -100,7 +110,7 @@ def held(kind, key, what, wait=WAIT, shared=False, folder=LOCK_DIR):
                                     f"lock {path}), waited {wait} s: let it finish, or stop it, then run "
                                     f"again") from None
                 time.sleep(0.05)
-        if not shared:
+        if not shared and not own:
             note = f"pid {os.getpid()}: {what}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
             os.ftruncate(fd, 0)
             os.pwrite(fd, note.encode("utf-8", "replace"), 0)

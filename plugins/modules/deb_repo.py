@@ -30,9 +30,9 @@ description:
     deleted after it (unless another suite of O(path) still lists them). A client sees the old
     or the new index, never a mix; with O(by_hash) (the default) the previous index files stay
     reachable by their hashes, so a client that read the old C(InRelease) just before the switch
-    still gets the files it lists. A lock (an C(flock) in C(/run/replica/locks), root's alone,
-    keyed by the repository's real path) keeps two runs from interleaving; a run waits up to
-    600 s, then fails naming the holder. Killed at any point (C(kill -9)), clients still see
+    still gets the files it lists. A lock (C(.deb_repo.lock), an C(flock); made without a race
+    and never rolled back) keeps two runs from interleaving; a run waits up to 600 s, then fails
+    naming the holder. Killed at any point (C(kill -9)), clients still see
     the old or the new index (the switch is one rename) and a re-run converges; generation
     folders a killed run left are removed at the next switch."
   - Nothing is written when nothing changes, and after an error the repository is exactly as it
@@ -141,7 +141,7 @@ notes:
   - A package removed or pruned is gone from the pool at once; a client still working from the
     index published before may get a 404 for it (run C(apt-get update) again).
   - gpg starts a C(gpg-agent) for O(gnupg_home), which stays running (as after any use of gpg).
-  - Hidden names in C(dists) (C(.SUITE.N)) belong to the
+  - Hidden names in O(path) (C(.deb_repo.lock)) and in C(dists) (C(.SUITE.N)) belong to the
     module; C(dists/SUITE) made by another tool (a folder, not a link) is refused.
 seealso:
   - name: Debian repository format
@@ -277,6 +277,7 @@ from ansible_collections.replica.cloud.plugins.module_utils._debrepo import DebR
 ENV = {"LC_ALL": "C"}
 #: the checksums of a package in its Packages paragraph, as in Debian's archive (MD5sum, SHA256)
 PACKAGES_OPTIONS = ["-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"]
+LOCK = ".deb_repo.lock"
 LOCK_WAIT = 600
 COMPRESSIONS = ("", ".gz", ".xz")
 
@@ -560,13 +561,18 @@ class Changes:
 
 @contextlib.contextmanager
 def locked(root, exclusive, changes):
-    """Hold the repository's lock (exclusive to change it, shared to read it): ``_lock.held``,
-    keyed by the repository's real path, in root's lock folder (never in the repository, where a
-    failed first run's rollback would delete a lock another run waits on)."""
-    del changes  # the lock is no longer a file of the repository: nothing to roll back
+    """Hold the repository's lock (exclusive to change it, shared to read it): ``_lock.held`` on
+    C(.deb_repo.lock) in the repository (its publishers may be root or its pipeline's user). The
+    folder and the lock file are made without O_EXCL and never rolled back, so a first run has no
+    race and a failed one cannot delete the lock another run waits on."""
+    del changes  # the lock and its folder are not rolled back
+    if not exclusive and not os.path.exists(os.path.join(root, LOCK)):
+        yield  # a reader (check mode) of a repository that was never published
+        return
+    os.makedirs(root, 0o755, exist_ok=True)
     try:
-        with _lock.held("debrepo", os.path.realpath(root), f"deb_repo {'publish' if exclusive else 'read'} {root}",
-                        wait=LOCK_WAIT, shared=not exclusive):
+        with _lock.held("debrepo", root, f"deb_repo {'publish' if exclusive else 'read'} {root}",
+                        wait=LOCK_WAIT, shared=not exclusive, path=os.path.join(root, LOCK)):
             yield
     except _lock.LockError as exc:
         raise DebRepoError(str(exc)) from None

@@ -94,6 +94,12 @@ def test_lifecycle_names_and_firstboot(lab, lab_host):
     # by name, over the bridge: db1 fetches a page web1 serves, and web1 resolves db1
     assert inside(lab, machine, "db1", "getent hosts web1").stdout.split()[0] == "10.77.0.11"
     assert inside(lab, machine, "web1", "getent hosts db1").stdout.split()[0] == "10.77.0.12"
+    # root inside cannot reach the host's disks or kernel: a block device it makes cannot be read
+    # (the unit's device policy), the kernel's knobs are read-only ("h" only prints help, were it allowed)
+    disk = inside(lab, machine, "web1", "mknod /root/loop0 b 7 0 && head -c 512 /root/loop0 >/dev/null")
+    assert disk.returncode != 0, disk.stdout
+    for knob in ("echo h > /proc/sysrq-trigger", "echo 1 > /proc/sys/kernel/sysrq", "echo 0 > /sys/kernel/mm/ksm/run"):
+        assert inside(lab, machine, "web1", knob).returncode != 0, knob
     lab.exec(machine, ["systemd-run", "-M", "web1", "--unit", "page", "--working-directory", "/etc",
                        "python3", "-m", "http.server", "8000"])
     fetch = ("for i in $(seq 50); do python3 -c \"import urllib.request;"

@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The exposure gate, shared by the scenarios (each links this file into its tests/): every unit a
 role of the collection hardens scores at most 2.5 in ``systemd-analyze security``. Hardened
-units are found, not listed: the collection's own services (``replica-*.service``, loaded) and
-every service with the service_sandbox drop-in (``50-replica-sandbox.conf``)."""
+units are found, not listed: the collection's own services (loaded, their unit file says
+``# Managed by replica.cloud``; a scenario's own helpers do not) and every service with the
+service_sandbox drop-in (``50-replica-sandbox.conf``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 LIMIT = 2.5
 DROPIN = "50-replica-sandbox.conf"
+MARK = "# Managed by replica.cloud"
 
 
 def hardened_units(host):
@@ -23,7 +25,9 @@ def hardened_units(host):
         if not unit.endswith(".service") or "@." in unit:
             continue
         dropins = host.check_output(f"systemctl show --property=DropInPaths --value -- {unit}")
-        if unit.startswith("replica-") or DROPIN in dropins:
+        fragment = host.check_output(f"systemctl show --property=FragmentPath --value -- {unit}")
+        ours = bool(fragment) and MARK in host.run(f"head -n 3 -- {fragment}").stdout
+        if ours or DROPIN in dropins:
             units.append(unit)
     return sorted(units)
 
