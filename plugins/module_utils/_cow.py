@@ -461,10 +461,10 @@ class Series:
         folder = os.path.dirname(dest)
         if not os.path.isdir(folder):
             os.makedirs(folder, 0o755)
+        if self.backend.name != "reflink":  # only reflink copies leave partials or unsealed snapshots
+            return
         for entry in os.scandir(folder):
             name = entry.name
-            if self.backend.name != "reflink":
-                break
             if name.startswith(".") and name.endswith(".partial") and self.parse(name[1:-len(".partial")]):
                 self.backend.discard(entry.path)
             elif self.parse(name) and self.backend.describe_kind(entry.path) == "snapshot" \

@@ -560,12 +560,11 @@ class Changes:
 
 
 @contextlib.contextmanager
-def locked(root, exclusive, changes):
+def locked(root, exclusive):
     """Hold the repository's lock (exclusive to change it, shared to read it): ``_lock.held`` on
     C(.deb_repo.lock) in the repository (its publishers may be root or its pipeline's user). The
     folder and the lock file are made without O_EXCL and never rolled back, so a first run has no
     race and a failed one cannot delete the lock another run waits on."""
-    del changes  # the lock and its folder are not rolled back
     if not exclusive and not os.path.exists(os.path.join(root, LOCK)):
         yield  # a reader (check mode) of a repository that was never published
         return
@@ -812,7 +811,7 @@ def main():
                                            params["label"], params["by_hash"])
         settings["architectures"] = architectures  # in the given order, for the Release
 
-        with locked(root, not module.check_mode, changes):
+        with locked(root, not module.check_mode):
             try:
                 run(module, tools, root, params, result, items, specs, component, key, settings, suffixes, changes)
             except BaseException:
