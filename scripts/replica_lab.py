@@ -22,16 +22,17 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
-# the image readers are shared with the machine_image module (standard library only)
+# the image readers are shared with the machine_image module, the name rules with every module
+# (standard library only)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plugins", "module_utils"))
 import _image  # noqa: E402  pylint: disable=wrong-import-position,import-error
+import _names  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 #: Bump when the way images are built changes, so cached images are rebuilt.
 IMAGE_FORMAT = 3
@@ -45,7 +46,6 @@ BASE_PACKAGES = (
     "python3", "python3-apt", "iproute2", "iputils-ping", "procps", "sudo",
     "ca-certificates", "btrfs-progs", "util-linux", "kmod", "netbase", "less",
 )
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 BRIDGE = os.environ.get("REPLICA_LAB_BRIDGE", "rlab0")
 SUBNET = ipaddress.ip_network(os.environ.get("REPLICA_LAB_SUBNET", "10.213.0.0/24"))
 #: Machine-wide registry of the labs running here (one file per lab: its bridge, subnet, NAT
@@ -80,10 +80,13 @@ def run(argv, check=True, capture=True, env=None, stdin=None, timeout=None):
 # ---------------------------------------------------------------------------------------------
 
 def validate_name(name):
-    """Return *name* if it is a valid lab host name, else raise LabError."""
-    if not NAME_RE.match(name or ""):
-        raise LabError(f"invalid lab host name {name!r}: use 1-31 characters of a-z, 0-9 and '-', "
-                       "starting with a letter or digit")
+    """Return *name* if it is a valid lab host name, else raise LabError. A lab host's name is a
+    machine name as the collection's modules have it (_names: a host name label, 1-63). Nothing
+    here needs fewer: systemd-nspawn (247 and later) shortens its host-side veth ``vb-NAME`` with a
+    digest of the whole name when it is too long for an interface, and a machine name may have 64."""
+    problem = _names.machine_name_problem(name)
+    if problem:
+        raise LabError(f"invalid lab host name {name!r}: it {problem}")
     return name
 
 
@@ -285,7 +288,7 @@ class Lab:
         if not os.path.isdir(self.run_dir):
             return []
         names = sorted(f[:-5] for f in os.listdir(self.run_dir) if f.endswith(".json"))
-        return [m for m in (self.get(n) for n in names if NAME_RE.match(n)) if m]
+        return [m for m in (self.get(n) for n in names if _names.is_machine_name(n)) if m]
 
     # -- pool ------------------------------------------------------------------------------
     def ensure_pool(self):
@@ -314,6 +317,8 @@ class Lab:
     def image(self, packages=(), suite=None, rebuild=False):
         """Path of the cached, read-only image with *packages* pre-baked; built if missing."""
         suite = suite or self.suite
+        for package in packages:
+            _names.check_package_name(package, "package", LabError)
         wanted = sorted(set(BASE_PACKAGES) | set(packages))
         sources = self.host_sources()
         deb822 = [text for path, text in sources if path.endswith(".sources")]

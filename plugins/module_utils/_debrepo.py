@@ -16,15 +16,15 @@ import base64
 import itertools
 import re
 
+from ansible_collections.replica.cloud.plugins.module_utils import _names
+
 #: the names of architectures, components and suites this module accepts
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
-SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
-#: a package name (Debian Policy 5.6.1)
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]+$")
-_UPSTREAM_RE = re.compile(r"^[A-Za-z0-9.+~:-]+$")
-_REVISION_RE = re.compile(r"^[A-Za-z0-9.+~]+$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*\Z")
+SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*\Z")
+_UPSTREAM_RE = re.compile(r"^[A-Za-z0-9.+~:-]+\Z")
+_REVISION_RE = re.compile(r"^[A-Za-z0-9.+~]+\Z")
 #: a package to remove: NAME, NAME:ARCH, NAME=VERSION or NAME:ARCH=VERSION (apt's syntax)
-_SPEC_RE = re.compile(r"^(?P<name>[^:=\s]+)(?::(?P<architecture>[^=\s]+))?(?:=(?P<version>\S+))?$")
+_SPEC_RE = re.compile(r"^(?P<name>[^:=\s]+)(?::(?P<architecture>[^=\s]+))?(?:=(?P<version>\S+))?\Z")
 
 
 class DebRepoError(Exception):
@@ -230,8 +230,8 @@ def candidate(fields, component, sha256, source_file=""):
     version = fields.get("Version", "")
     arch = fields.get("Architecture", "")
     where = f" ({source_file})" if source_file else ""
-    if not PACKAGE_RE.match(name):
-        raise DebRepoError(f"package name {name!r}{where} is not a valid Debian package name")
+    if not _names.is_package_name(name):
+        raise DebRepoError(f"package name {name!r}{where} {_names.package_name_problem(name)}")
     try:
         parse_version(version)
     except ValueError as exc:
@@ -239,8 +239,8 @@ def candidate(fields, component, sha256, source_file=""):
     if not NAME_RE.match(arch):
         raise DebRepoError(f"{name} {version}{where}: invalid architecture {arch!r}")
     source = source_name(fields)
-    if not PACKAGE_RE.match(source):
-        raise DebRepoError(f"{name} {version}{where}: invalid source package name {source!r}")
+    if not _names.is_package_name(source):
+        raise DebRepoError(f"{name} {version}{where}: source package name {source!r} {_names.package_name_problem(source)}")
     return {"name": name, "version": version, "architecture": arch, "component": component,
             "filename": pool_path(component, source, name, version, arch), "sha256": sha256,
             "source": source_file}
@@ -333,12 +333,18 @@ def parse_spec(text):
         spec = {"name": str(text["name"]), "architecture": text.get("architecture"), "version": text.get("version")}
         spec = {k: (str(v) if v is not None else None) for k, v in spec.items()}
     else:
+        if not str(text).isprintable():
+            raise DebRepoError(f"package to remove {text!r} has a newline or another control character")
         match = _SPEC_RE.match(str(text).strip())
         if not match:
             raise DebRepoError(f"package to remove {text!r}: write NAME, NAME=VERSION, NAME:ARCH or NAME:ARCH=VERSION")
         spec = match.groupdict()
-    if not PACKAGE_RE.match(spec["name"]):
-        raise DebRepoError(f"package to remove {text!r}: {spec['name']!r} is not a package name")
+    for key, value in spec.items():
+        if value is not None and (not value or value != value.strip() or not value.isprintable()):
+            raise DebRepoError(f"package to remove {text!r}: its {key} {value!r} is empty or has spaces or "
+                               f"control characters")
+    if not _names.is_package_name(spec["name"]):
+        raise DebRepoError(f"package to remove {text!r}: name {spec['name']!r} {_names.package_name_problem(spec['name'])}")
     if spec["version"] is not None:
         try:
             parse_version(spec["version"])

@@ -13,12 +13,16 @@ import json
 import os
 import re
 
+try:
+    from ansible_collections.replica.cloud.plugins.module_utils import _names
+except ImportError:  # the lab (scripts/replica_lab.py) imports this file on its own, beside _names
+    import _names  # pylint: disable=import-error
+
 #: What every machine image holds: a booting systemd with networkd, D-Bus, ip, and Python
 #: (so Ansible can manage the machine through the nspawn connection).
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "python3", "ca-certificates")
 FORMAT = 1  # bump when the build changes in a way that must rebuild cached images
-_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]*\Z")
 
 
 class ImageError(ValueError):
@@ -26,7 +30,7 @@ class ImageError(ValueError):
 
 
 def check_name(name):
-    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", name):
         raise ImageError(f"image name {name!r} must be letters, digits, '.', '_', '-' (up to 64)")
     return name
 
@@ -63,8 +67,7 @@ def packages_for(extra):
     """The image's package list: the base set and *extra*, sorted, each name checked."""
     wanted = set(BASE_PACKAGES)
     for name in extra or []:
-        if not isinstance(name, str) or not _PACKAGE_RE.match(name):
-            raise ImageError(f"package {name!r} is not a Debian package name")
+        _names.check_package_name(name, "package", ImageError)
         wanted.add(name)
     return sorted(wanted)
 
@@ -110,7 +113,7 @@ def mmdebstrap_argv(suite, packages, dest, aptopts=()):
 
 def disk_size(value):
     """A VM disk image's size for ``mkfs.ext4`` (``2G``, ``512M``), checked; returns it canonical."""
-    match = re.match(r"^([1-9][0-9]*)\s*([MGT])(?:I?B)?$", str(value).strip().upper())
+    match = re.match(r"^([1-9][0-9]*)\s*([MGT])(?:I?B)?\Z", str(value).strip().upper())
     if not match:
         raise ImageError(f"disk size {value!r} must be a size like 2G or 512M")
     mib = int(match.group(1)) * {"M": 1, "G": 1024, "T": 1 << 20}[match.group(2)]

@@ -22,13 +22,14 @@ import ipaddress
 import json
 import re
 
+from ansible_collections.replica.cloud.plugins.module_utils import _names
+
 HEADER = "Managed by replica.cloud.network"
 #: dnsmasq of the n-th segment answers on 127.0.0.1:(DNS_PORT_BASE + n)
 DNS_PORT_BASE = 5301
-_SEGMENT_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
-_INSTANCE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SEGMENT_RE = re.compile(r"^[a-z][a-z0-9]{0,11}\Z")
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z")
+_DOMAIN_RE = re.compile(r"^(?=.{1,200}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _PROTOS = ("tcp", "udp")
 _SEGMENT_KEYS = {"name", "kind", "uplink", "ipv4", "ipv6", "nat", "dhcp", "mdns", "interfaces"}
 #: a segment's kind and the prefix of its host link's name: a bridge the instances are ports of, or
@@ -71,7 +72,7 @@ def _ports(value, where):
     out = []
     for item in items:
         text = str(item).strip()
-        match = re.match(r"^(\d{1,5})(?:-(\d{1,5}))?$", text)
+        match = re.match(r"^(\d{1,5})(?:-(\d{1,5}))?\Z", text)
         if not match or isinstance(item, bool):
             raise NetworkError(f"{where}: port {item!r} must be a number 1-65535 or a range like 8000-8100")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
@@ -195,9 +196,9 @@ def check_topology(segments, rules=(), ingress=(), domain="home.arpa"):
             if segment not in names:
                 raise NetworkError(f"{where}: {end} names segment {segment!r}, which is not declared "
                                    f"(declared: {', '.join(sorted(names)) or 'none'})")
-            if slash and not _INSTANCE_RE.match(instance):
+            if slash and not _names.is_machine_name(instance):
                 raise NetworkError(f"{where}: {end} {rule.get(end)!r} must be SEGMENT or SEGMENT/INSTANCE, "
-                                   f"the instance a host name label")
+                                   f"the instance a host name label ({_names.MACHINE_NAME_RULE})")
             ends[end] = (segment, instance or None)
         if ends["from"][0] == ends["to"][0]:
             raise NetworkError(f"{where}: a segment always reaches itself; a rule needs two segments")

@@ -14,14 +14,13 @@ import hashlib
 import json
 import re
 
+from ansible_collections.replica.cloud.plugins.module_utils import _names
 from ansible_collections.replica.cloud.plugins.module_utils._sandbox import escape_path
 
 HEADER = "# Managed by replica.cloud.nspawn_machine"
-#: a machine's name is also its host name and its DNS label: 1-63 characters (RFC 1035)
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-ADDRESS_RE = re.compile(r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")
-IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+ADDRESS_RE = re.compile(r"^[0-9a-fA-F:.]+/[0-9]{1,3}\Z")
+IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z")
 NETWORK_TYPES = ("veth", "bridge", "macvlan", "ipvlan", "none", "host")
 #: where the machines' shared hosts file lives on the host (bind-mounted read-only as /etc/hosts
 #: into every machine, rewritten in place so that running machines see new names at once)
@@ -34,10 +33,8 @@ class MachineError(ValueError):
 
 
 def check_name(name):
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise MachineError(f"machine name {name!r} must be 1-63 lower-case letters, digits and '-', "
-                           f"not starting or ending with '-' (it is also the host name)")
-    return name
+    """A machine's name is also its host name and its DNS label: _names' machine-name rule."""
+    return _names.check_machine_name(name, "machine name", MachineError)
 
 
 def _path(value, what):
@@ -98,7 +95,7 @@ def render_nspawn(spec):
     if spec.get("private_users") is not None:
         execs.append(("PrivateUsers", spec["private_users"]))
     for cap in spec.get("capabilities") or []:
-        if not re.match(r"^CAP_[A-Z_]+$", str(cap)):
+        if not re.match(r"^CAP_[A-Z_]+\Z", str(cap)):
             raise MachineError(f"capability {cap!r} is not a CAP_* name")
     if spec.get("capabilities"):
         execs.append(("Capability", " ".join(spec["capabilities"])))
@@ -114,7 +111,7 @@ def render_nspawn(spec):
         if not isinstance(values, dict):
             raise MachineError(f"settings.{section} must be a dict of .nspawn keys")
         for key, value in values.items():
-            if not re.match(r"^[A-Z][A-Za-z]+$", str(key)):
+            if not re.match(r"^[A-Z][A-Za-z]+\Z", str(key)):
                 raise MachineError(f"settings.{section} key {key!r} is not a .nspawn key")
             sections[section] = [(k, v) for k, v in sections[section] if k != key]
             for item in value if isinstance(value, list) else [value]:
@@ -256,7 +253,7 @@ def firstboot_files(spec):
     check_name(hostname.split(".")[0])
     files = {"/etc/hostname": (f"{hostname}\n", 0o644, 0, 0)}
     if spec.get("timezone"):
-        if not re.match(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", spec["timezone"]):
+        if not re.match(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*\Z", spec["timezone"]):
             raise MachineError(f"timezone {spec['timezone']!r} is not an IANA name")
     keys = spec.get("ssh_authorized_keys") or []
     if keys:
@@ -296,7 +293,7 @@ def nfs_units(mounts):
     files = {}
     for mount in mounts or []:
         what, where = mount.get("what", ""), _path(mount.get("where"), "nfs[].where")
-        if not re.match(r"^[A-Za-z0-9.:\[\]-]+:/[^\s]*$", str(what)):
+        if not re.match(r"^[A-Za-z0-9.:\[\]-]+:/[^\s]*\Z", str(what)):
             raise MachineError(f"nfs what {what!r} must be SERVER:/EXPORT")
         unit = escape_path(where)
         options = mount.get("options") or "vers=4.2,soft,timeo=100"

@@ -12,10 +12,9 @@ import json
 import re
 import shlex
 
-from ansible_collections.replica.cloud.plugins.module_utils import _addressing
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _names
 
 HEADER = "# Managed by replica.cloud.qemu_vm"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 RUN_DIR = "/run/replica-vm"
 MACHINES = ("microvm", "q35")
 #: QEMU's minimal firmware for microvm (qemu-system-data). With SeaBIOS's microvm build and no
@@ -29,10 +28,9 @@ class VmError(ValueError):
 
 
 def check_name(name):
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise VmError(f"VM name {name!r} must be 1-32 lower-case letters, digits and '-' "
-                      f"(it names the tap device and the units)")
-    return name
+    """A VM's name is a machine name (_names: a host name label, 1-63): it names the units, the
+    run folders and the guest's host name; its tap device is :func:`tap_name`."""
+    return _names.check_machine_name(name, "VM name", VmError)
 
 
 def mac_for(name):
@@ -265,7 +263,10 @@ def validate(spec):
 
 
 def tap_name(name):
-    return f"vm-{name}"[:15]
+    """The VM's tap or macvtap device: ``vm-NAME`` when that fits in an interface name (15), else
+    ``vm-`` and a digest-suffixed prefix of the name (_names.ifname), so that two VMs whose names
+    share their first characters never share a device. The one place the name is derived."""
+    return _names.ifname("vm-", name)
 
 
 def build_argv(spec, accel, firmware=None, tpm_socket=None, tap_fd=None, bios=None):

@@ -35,8 +35,8 @@ import re
 PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
 KEYS = PERIODS + ("latest", "min_age", "timezone")
 STAMP = "%Y%m%dT%H%M%SZ"
-_STAMP_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
-_DURATION_RE = re.compile(r"^([0-9]+)\s*([smhdw]?)$")
+_STAMP_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z\Z")
+_DURATION_RE = re.compile(r"^([0-9]+)\s*([smhdw]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 UTC = _dt.timezone.utc
 #: the rule for a snapshot series' base name (``name``, or the source folder's name): ASCII

@@ -51,9 +51,9 @@ DEFAULTS = {
     "extra": {},
 }
 
-_CAP_RE = re.compile(r"^CAP_[A-Z_]+$")
-_AF_RE = re.compile(r"^(AF_[A-Z0-9]+|none)$")
-_KEY_RE = re.compile(r"^[A-Z][A-Za-z]+$")
+_CAP_RE = re.compile(r"^CAP_[A-Z_]+\Z")
+_AF_RE = re.compile(r"^(AF_[A-Z0-9]+|none)\Z")
+_KEY_RE = re.compile(r"^[A-Z][A-Za-z]+\Z")
 
 
 class SandboxError(ValueError):
@@ -69,7 +69,7 @@ def _absolute(path, what):
 def overlay_source(name, dest, root="/etc/replica"):
     """Where the collection keeps the rendered file that is mounted read-only over *dest*."""
     _absolute(dest, "overlay path")
-    if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", name or ""):
+    if not re.match(r"^[a-z0-9][a-z0-9_.-]*\Z", name or ""):
         raise SandboxError(f"service name {name!r} must be lower case letters, digits, '.', '_', '-'")
     return f"{root}/{name}{dest}"
 
@@ -165,7 +165,7 @@ def _value(value):
     return str(value)
 
 
-_ENDPOINT_RE = re.compile(r"^(/[^\s]+|(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):[0-9]{1,5})$")
+_ENDPOINT_RE = re.compile(r"^(/[^\s]+|(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):[0-9]{1,5})\Z")
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 
 

@@ -22,10 +22,10 @@ ALLOWED = frozenset({"pci-stub"})
 #: vfio-pci cannot take and the kernel does not count against a group's viability
 BRIDGE_CLASSES = frozenset({0x0604, 0x0607, 0x0609})
 
-_ADDRESS_RE = re.compile(r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])$")
-_IDS_RE = re.compile(r"^(?P<vendor>[0-9a-fA-F]{4}):(?P<device>[0-9a-fA-F]{4})$")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_ADDRESS_RE = re.compile(r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-1][0-9a-fA-F])\.(?P<fn>[0-7])\Z")
+_IDS_RE = re.compile(r"^(?P<vendor>[0-9a-fA-F]{4}):(?P<device>[0-9a-fA-F]{4})\Z")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
 
 
 class VfioError(Exception):

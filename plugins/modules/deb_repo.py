@@ -870,6 +870,11 @@ def check_options(params):
                 raise DebRepoError(f"{kind} {name!r} is not valid (lower-case letters, digits, . + -)")
         if len(set(names)) != len(names):
             raise DebRepoError(f"{kind}s {names} lists one twice")
+    for field in ("origin", "label"):
+        value = params[field]
+        if value is not None and (not value.isprintable() or value != value.strip()):
+            raise DebRepoError(f"{field} {value!r} must be one line of printable characters, without leading or "
+                               f"trailing spaces (it is a field of the Release file)")
     if params["keep_versions"] is not None and params["keep_versions"] < 1:
         raise DebRepoError("keep_versions must be 1 or more (use state=absent to remove every version)")
     return components, architectures

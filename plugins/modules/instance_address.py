@@ -28,7 +28,7 @@ description:
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
-    description: The instance's name (a host name label).
+    description: The instance's name, a host name label (1-63 of C([a-z0-9-]), not starting or ending with C(-)).
     type: str
     required: true
   segment:
@@ -165,10 +165,8 @@ import signal
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _lock, _network
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _lock, _names, _network
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
-
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def _segment_records(config_dir, segment):
@@ -254,8 +252,9 @@ def main():
     params = module.params
     name, segment_name = params["name"], params["segment"]
     absent = params["state"] == "absent"
-    if not name or len(name) > 63 or set(name) - _NAME_CHARS or name[0] == "-" or name[-1] == "-":
-        module.fail_json(msg=f"name {name!r} must be a host name label: lower case letters, digits and '-', at most 63")
+    problem = _names.machine_name_problem(name)
+    if problem:
+        module.fail_json(msg=f"name {name!r} {problem}")
     text = read_text(os.path.join(params["config_dir"], "segments.json"))
     if text is None and absent:
         module.exit_json(changed=False, fqdn=None, zone=None, bridge=None, kind=None, link=None)   # no network role here: no name to remove

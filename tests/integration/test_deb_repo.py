@@ -13,6 +13,7 @@ consistency across a publication, and two runs at once.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -20,12 +21,13 @@ import lzma
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 
 import pytest
 
-from conftest import run_ansible, run_module  # pylint: disable=import-error
+from conftest import ROOT, run_ansible, run_module  # pylint: disable=import-error
 
 MODULE = "replica.cloud.deb_repo"
 SUITE = "bookworm"
@@ -543,3 +545,90 @@ def test_two_suites_share_the_pool(tmp_path, key):
     # a component that still holds packages cannot be dropped
     rc, result = publish(repo, key, suite="trixie", components=["contrib"], check=False)
     assert rc != 0 and "not in components" in result["msg"]
+
+
+def build_hostile_deb(where, name, source=None):
+    """A .deb whose control file breaks the rules (``dpkg-deb --nocheck`` builds what dpkg would
+    refuse to): the module must refuse it, not lay it out in the pool."""
+    tree = where / f"build-hostile-{hashlib.sha256((name + str(source)).encode()).hexdigest()[:8]}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(f"Package: {name}\nVersion: 1.0-1\nArchitecture: all\n"
+                                         + (f"Source: {source}\n" if source else "")
+                                         + "Maintainer: Test <test@test.invalid>\nDescription: hostile\n test\n")
+    out = where / f"{tree.name}.deb"
+    subprocess.run(["dpkg-deb", "--nocheck", "--root-owner-group", "-Zgzip", "--build", str(tree), str(out)],
+                   check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return str(out)
+
+
+HOSTILE_OPTIONS = [
+    {"suite": "bookworm\n"}, {"suite": "bookworm\nLabel: evil"}, {"suite": "../bookworm"}, {"suite": "book/worm"},
+    {"suite": ".."}, {"suite": ""}, {"suite": "w\u00e9b"}, {"suite": "%n"},
+    {"components": ["main\n"]}, {"components": ["main", "../x"]}, {"components": ["ma,in"]}, {"components": ["Main"]},
+    {"components": ["main", "contrib\x00"]},
+    {"architectures": [NATIVE + "\n", "all"]}, {"architectures": ["all", "a/b"]}, {"architectures": ["%n"]},
+    {"architectures": ["all", "\uff41\uff4d\uff44\uff16\uff14"]},
+    {"origin": "me\nSuite: evil"}, {"label": "x\x00"}, {"origin": " leading"},
+]
+HOSTILE_REMOVALS = [
+    "hello\n", "hello\nother", "\nhello", "hello:../x", "hello:all\n", "hello=1.0-1\nx", "hello=1.0;rm", "../hello",
+    "Hello", "hello,world", "%n", "hel\x00lo", {"name": "hello", "version": "1.0-1\n"},
+    {"name": "hello", "architecture": "all\n"}, {"name": "hello\n"},
+]
+
+
+def publish_direct(repo, key, packages=(), **args):
+    """The module run as the package pipeline runs it (its file with its arguments, no Ansible
+    around it): a tenth of an ad-hoc run, for the many runs of the hostile-input test."""
+    args = {"path": str(repo), "suite": SUITE, "architectures": [NATIVE, "all"], "signing_key": key.fingerprint,
+            "gnupg_home": key.home, "packages": list(packages), **args}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    try:
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "plugins/modules/deb_repo.py"), handle.name],
+                              capture_output=True, text=True, check=False,
+                              env=dict(os.environ, LC_ALL="C", PYTHONPATH=os.path.join(ROOT, ".collections")))
+    finally:
+        os.unlink(handle.name)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _clean_failure(rc, result):
+    assert rc != 0 and result.get("msg"), result
+    assert "exception" not in result and "module_stderr" not in result and "Traceback" not in result["msg"], result
+
+
+def test_hostile_names_fail_cleanly_and_change_nothing(tmp_path, key):
+    """suite, components, architectures, origin and label, packages to remove, and the control
+    fields of a .deb: each hostile value fails with a message saying what is wrong, no traceback,
+    and the repository is byte for byte as it was (a new one is not even made)."""
+    repo = tmp_path / "repo"
+    publish(repo, key, [build_deb(tmp_path, "hello", "1.0-1")])
+    before = tree_state(repo)
+    refused = []
+    for index, option in enumerate(HOSTILE_OPTIONS):
+        (field, value), = option.items()
+        run = functools.partial(publish, check=False) if index == 0 else publish_direct   # one through Ansible
+        rc, result = run(repo, key, [], **option)
+        _clean_failure(rc, result)
+        assert repr(value if isinstance(value, str) else next(v for v in value if v not in (NATIVE, "all", "main")))[1:-1] \
+            in result["msg"], (option, result["msg"])
+        refused.append(field)
+    for spec in HOSTILE_REMOVALS:
+        rc, result = publish_direct(repo, key, [spec], state="absent")
+        _clean_failure(rc, result)
+        assert "package to remove" in result["msg"], (spec, result["msg"])
+        refused.append("remove")
+    for name, source, words in (("Hello", None, "package name 'Hello'"), ("hello", "../../etc", "source package name '../../etc'"),
+                                ("hello_world", None, "package name 'hello_world'")):
+        rc, result = publish_direct(repo, key, [build_hostile_deb(tmp_path, name, source)])
+        _clean_failure(rc, result)
+        assert words in result["msg"] and "not a valid Debian package name" in result["msg"], result["msg"]
+        refused.append("deb")
+    assert len(refused) == len(HOSTILE_OPTIONS) + len(HOSTILE_REMOVALS) + 3
+    assert tree_state(repo) == before
+    rc, result = publish_direct(tmp_path / "never", key, [build_deb(tmp_path, "hello", "1.0-1")], suite="x\ny")
+    _clean_failure(rc, result)
+    assert not (tmp_path / "never").exists()

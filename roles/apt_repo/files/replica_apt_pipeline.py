@@ -30,6 +30,9 @@ import tempfile
 
 CONFIG = os.environ.get("REPLICA_APT_PIPELINE_CONFIG", "/etc/replica/apt/pipeline.json")
 HERE = os.path.dirname(os.path.abspath(__file__))
+# the deb_repo module's own rules for names and versions, installed beside this script
+sys.path.insert(0, HERE)
+from ansible_collections.replica.cloud.plugins.module_utils import _debrepo, _names  # noqa: E402  pylint: disable=wrong-import-position
 MODULE = os.path.join(HERE, "ansible_collections/replica/cloud/plugins/modules/deb_repo.py")
 EPOCH = "1700000000"   # fixed build time: identical specs give identical packages
 
@@ -49,6 +52,36 @@ def run(argv, cwd=None, env=None):
 def strip_epoch(version):
     """The version as a .deb's file name has it (no epoch)."""
     return version.split(":", 1)[1] if ":" in version else version
+
+
+def check_spec(spec):
+    """A spec's name, version and architecture go into its control file and its file name: each
+    is checked before anything is built (a newline would add control fields, a '/' leave the
+    output folder)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec {spec!r} must be a mapping {{name, version, ...}}")
+    name = spec.get("name")
+    _names.check_package_name(name, "spec name", ValueError)
+    version = spec.get("version")
+    if not isinstance(version, (str, int, float)) or isinstance(version, bool) or str(version) != str(version).strip():
+        raise ValueError(f"spec {name}: version {version!r} must be a Debian version without spaces")
+    try:
+        _debrepo.parse_version(str(version))
+    except ValueError as exc:
+        raise ValueError(f"spec {name}: {exc}") from None
+    arch = spec.get("architecture", "all")
+    if not isinstance(arch, str) or not _debrepo.NAME_RE.match(arch):
+        raise ValueError(f"spec {name}: architecture {arch!r} must be lower-case letters, digits, . + -")
+    for field in ("maintainer", "section", "priority", "depends"):
+        values = spec.get(field) if isinstance(spec.get(field), list) else [spec.get(field)]
+        if any(value is not None and not str(value).isprintable() for value in values):
+            raise ValueError(f"spec {name}: {field} {spec.get(field)!r} has a newline or another control character")
+    for item in spec.get("files", []):
+        dest = item.get("dest") if isinstance(item, dict) else None
+        if (not isinstance(dest, str) or not dest.startswith("/") or ".." in dest.split("/")
+                or not dest.isprintable() or dest.rstrip("/") == ""):
+            raise ValueError(f"spec {name}: file dest {dest!r} must be an absolute path without '..' or control characters")
+    return spec
 
 
 def build_spec(spec, out):
@@ -143,10 +176,11 @@ def publish(config, debs):
 def main():
     with open(CONFIG, encoding="utf-8") as handle:
         config = json.load(handle)
+    specs = [check_spec(spec) for spec in config.get("specs", [])]   # all of them, before anything is built
     out = os.path.join(config["work"], "out")
     os.makedirs(out, exist_ok=True)
     debs = []
-    for spec in config.get("specs", []):
+    for spec in specs:
         debs.append(build_spec(spec, out)[0])
     for source in config.get("sources", []):
         debs += build_source(source, out, os.path.join(config["work"], "src"))[0]

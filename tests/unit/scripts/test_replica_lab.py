@@ -15,12 +15,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "sc
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
 
 
-@pytest.mark.parametrize("name", ["a", "lab1", "mol-default", "x" * 31])
+@pytest.mark.parametrize("name", ["a", "lab1", "mol-default", "x" * 31, "x" * 63])
 def test_valid_names(name):
     assert replica_lab.validate_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "A", "a_b", "a.b", "x" * 32, "a/b", "../x"])
+@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a.b", "x" * 64, "a/b", "../x", "a\n", None])
 def test_invalid_names(name):
     with pytest.raises(replica_lab.LabError, match="invalid lab host name"):
         replica_lab.validate_name(name)
