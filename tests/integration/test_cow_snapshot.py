@@ -246,6 +246,9 @@ def test_reflink_snapshot_killed_at_each_window_converges(reflink_dir, point):
     for i in range(600):  # more than one chattr batch (500), so "reflink-sealing" is reached
         (reflink_dir / f"data/f{i}").write_text(str(i))
     crash({"src": reflink_dir}, point)
+    # snapshot names carry the second: the re-run must not fall in the crashed run's second, or
+    # both name the same snapshot (the re-run then only finishes it, and there is one)
+    time.sleep(1.05 - time.time() % 1)
     rc, made = cow({"src": reflink_dir})
     assert rc == 0 and made["changed"]
     snapdir = reflink_dir.parent / ".snapshots"
