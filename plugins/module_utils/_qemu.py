@@ -351,9 +351,14 @@ def web_console_listen(spec):
     if value == "unix":
         return paths(spec["name"])["web_console"]
     if value.startswith("/"):
+        # it is written into a unit file: one line, no specifier or quoting surprises, and a
+        # UNIX socket path fits in sun_path (108 bytes)
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]+", value) or "/../" in value + "/" or len(value.encode()) > 107:
+            raise VmError(f"web_console socket path {value!r} must be an absolute path of letters, digits, "
+                          f"'.', '_', '-' and '/' (no '..'), at most 107 bytes")
         return value
     # an explicit address: the console has no password of its own, so never all addresses by default
-    match = re.match(r"^(\[[0-9a-fA-F:]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})$", value)
+    match = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}):([0-9]{1,5})", value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise VmError(f"web_console {value!r} must be unix, none, an absolute socket path or ADDRESS:PORT "
                       f"(an IP address, e.g. 127.0.0.1:6081)")

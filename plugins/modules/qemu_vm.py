@@ -33,7 +33,7 @@ description:
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
-    description: VM name (1-32 of C([a-z0-9-])).
+    description: VM name, a host name label (1-63 of C([a-z0-9-]), not starting or ending with C(-)).
     type: str
     required: true
   state:
@@ -134,6 +134,18 @@ notes:
   - Needs qemu-system-x86 and qemu-utils; genisoimage for O(cloud_init); ovmf for q35; swtpm and
     swtpm-tools for O(tpm); websockify for the web console; qemu-block-extra for iSCSI disks.
     The replica.cloud.vms role installs them.
+  - "Crash consistency: killed at any point (C(kill -9)), a re-run converges and nothing is lost.
+    One run at a time changes a VM (a lock per name in C(/run/replica/locks), waited on up to 10
+    minutes; the message names the holder). A new VM's folder is made whole in
+    C(VMS_DIR/.NAME.partial) (disk fork, UEFI variables, cloud-init seed, TPM folder, and its
+    record C(vm.json) last), then renamed into place: it either does not exist (the re-run
+    discards the partial and makes it) or is whole. The seed is built beside the old one and
+    renamed over it. Unit files are each written whole (a rename); systemd is reloaded when they
+    changed or when it says it needs it (C(NeedDaemonReload)), so a run killed before its
+    C(daemon-reload) is completed by the next. Removal renames the folder to
+    C(VMS_DIR/.NAME.removing) before it removes the units, so a killed removal is finished by
+    the re-run (the units are still there to find it). The tests kill it at C(vm-created),
+    C(vm-units-written) and C(vm-removing)."
 attributes:
   check_mode:
     description: Reports what would be created, changed, started or removed.
@@ -222,6 +234,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
+from ansible_collections.replica.cloud.plugins.module_utils import _live as live
+from ansible_collections.replica.cloud.plugins.module_utils import _lock
 from ansible_collections.replica.cloud.plugins.module_utils import _qemu as vm
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write
 
@@ -334,168 +348,206 @@ def main():
 
     try:
         vm.check_name(name)
-        record = json.loads(read(record_path) or "null")
-        current = current_units(name)
-        for path, text in current.items():
-            if not text.startswith(vm.HEADER):
-                raise vm.VmError(f"{path} exists and is not managed by replica.cloud: remove it or choose another name")
-        if os.path.isdir(vm_dir) and record is None:
-            raise vm.VmError(f"{vm_dir} exists and is not a VM managed by replica.cloud: choose another name")
-        active, pid = unit_state()
-        running = active in ("active", "activating", "deactivating")
+        with _lock.held("vm", os.path.join(os.path.abspath(params["vms_dir"]), name), f"qemu_vm {name} {state}"):
+            converge(module, params, name, state, unit, dropin_path, vm_dir, record_path, run_paths, result, run, unit_state)
+    except (vm.VmError, cow.CowError, _lock.LockError, OSError, ValueError) as exc:
+        module.fail_json(msg=str(exc), **result)
+    module.exit_json(**result)
 
-        if state == "absent":
-            if record is None and not current:
-                module.exit_json(**result)
-            result["changed"] = True
-            if module._diff:
-                result["diff"] = {"before": units_text(current), "after": ""}
-            if module.check_mode:
-                module.exit_json(**result)
-            if running:
-                stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
-            # helpers outlive a VM that crashed (PartOf= only carries a stop): stop them too
-            run(["systemctl", "stop", *helper_units(name)], check=False)
-            run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
-            for path in current:
-                os.unlink(path)
-                if not os.listdir(os.path.dirname(path)):
-                    os.rmdir(os.path.dirname(path))
-            if current:
-                run(["systemctl", "daemon-reload"])
-            if os.path.isdir(vm_dir) and not params["keep_data"]:
-                cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))
+
+def leftovers(vms_dir, name):
+    """What a killed run left of VM *name*: its folder being made or being removed."""
+    return [path for path in (os.path.join(vms_dir, f".{name}.partial"), os.path.join(vms_dir, f".{name}.removing"))
+            if os.path.lexists(path)]
+
+
+def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path, run_paths, result, run, unit_state):
+    """Everything after the name check, under the VM's lock; returns through exit_json."""
+    # a killed run's folder being made or removed: discarded (a removal is finished below)
+    left = leftovers(params["vms_dir"], name)
+    result["changed"] = bool(left)
+    if left and not module.check_mode:
+        for path in left:
+            cow.remove_tree(path, lambda argv: run(argv, check=False))
+    record = json.loads(read(record_path) or "null")
+    current = current_units(name)
+    for path, text in current.items():
+        if not text.startswith(vm.HEADER):
+            raise vm.VmError(f"{path} exists and is not managed by replica.cloud: remove it or choose another name")
+    if os.path.isdir(vm_dir) and record is None:
+        raise vm.VmError(f"{vm_dir} exists and is not a VM managed by replica.cloud: choose another name")
+    active, pid = unit_state()
+    running = active in ("active", "activating", "deactivating")
+
+    if state == "absent":
+        if record is None and not current:
             module.exit_json(**result)
-
-        spec = dict(params)
-        vm.validate(spec)
-        accel = params["accel"] if params["accel"] != "auto" else ("kvm" if kvm_works(module) else "tcg")
-        result["accel"] = accel
-        create = record is None
-        disk_format = (record or {}).get("disk_format")
-        disk = (record or {}).get("disk")
-        if create:
-            image = params["image"]
-            if not image:
-                raise vm.VmError(f"VM {name} does not exist yet: give image to create it")
-            image = image if image.startswith("/") else os.path.join(params["images_dir"], image)
-            if not os.path.isfile(image):
-                known = sorted(os.listdir(params["images_dir"])) if os.path.isdir(params["images_dir"]) else []
-                raise vm.VmError(f"image {image} is not there; known: {', '.join(known) or 'none'}")
-            for option in ("kernel", "initrd", "iso", "drivers_iso"):
-                if params[option] and not os.path.isfile(params[option]):
-                    raise vm.VmError(f"{option} {params[option]} is not there")
-            image_format = "qcow2" if image.endswith(".qcow2") else "raw"
-        firmware = None
-        bios = vm.QBOOT if params["machine"] == "microvm" and os.path.exists(vm.QBOOT) else None
-        if params["machine"] == "q35":
-            code = next((p for p in ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
-                         if os.path.exists(p)), None)
-            if code is None:
-                raise vm.VmError("q35 needs UEFI firmware: install the ovmf package")
-            firmware = (code, os.path.join(vm_dir, "OVMF_VARS.fd"))
-        needs = [("swtpm", "tpm: true needs swtpm and swtpm-tools: install them", params["tpm"]),
-                 ("swtpm_setup", "tpm: true needs swtpm-tools: install it", params["tpm"]),
-                 ("websockify", "the web console needs websockify: install it, or set web_console: none",
-                  vm.web_console_listen(params))]
-        for tool, message, wanted in needs:
-            if wanted and not shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin"):
-                raise vm.VmError(message)
-        if create:
-            os.makedirs(params["vms_dir"], 0o700, exist_ok=True)
-            reflink = cow.can_reflink(params["vms_dir"]) and image_format == "raw" and \
-                os.stat(params["vms_dir"]).st_dev == os.stat(image).st_dev
-            disk_format = "raw" if reflink else "qcow2"
-            disk = os.path.join(vm_dir, f"disk.{disk_format}")
-        spec.update(disk=disk, disk_format=disk_format,
-                    seed=os.path.join(vm_dir, "seed.iso") if params["cloud_init"] else None,
-                    iso=params["iso"] if create or not (record or {}).get("written") else None,
-                    drivers_iso=params["drivers_iso"] if create or not (record or {}).get("written") else None)
-        spec["tsc_khz"] = host_tsc_khz()
-        argv = vm.build_argv(spec, accel, firmware=firmware, bios=bios,
-                             tpm_socket=run_paths["tpm"] if params["tpm"] else None)
-        wanted = {os.path.join(SYSTEMD_DIR, path): text for path, text in vm.render_units(spec, argv, vm_dir).items()}
-        wanted[dropin_path] += (f"ExecStop=/usr/bin/python3 -c {vm._quote(POWERDOWN)} {run_paths['qmp']}\n"
-                                f"TimeoutStopSec={params['stop_timeout']}\n")
-        result["web_console"] = vm.web_console_listen(params) or ""
-        seed_files = vm.cloud_init(spec) if params["cloud_init"] else None
-        seed_changed = seed_files is not None and (record or {}).get("seed") != seed_files
-        templates_changed = any(read(os.path.join(SYSTEMD_DIR, path)) != text for path, text in vm.TEMPLATES.items())
-        changed_settings = current != wanted or templates_changed
-        will_start = state in ("started", "restarted") and (not running or state == "restarted")
-        will_stop = state == "stopped" and running
-        result["changed"] = create or changed_settings or seed_changed or will_start or will_stop
-        result["restart_required"] = bool(running and (changed_settings or seed_changed) and not will_start)
-        result["disk"] = disk
-        result.update(vm.addresses(spec))
+        result["changed"] = True
         if module._diff:
-            result["diff"] = {"before": units_text(current), "after": units_text(wanted),
-                              "before_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d", "after_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d"}
+            result["diff"] = {"before": units_text(current), "after": ""}
         if module.check_mode:
-            result["state"] = "running" if (running and not will_stop) or will_start else "stopped"
             module.exit_json(**result)
-
-        if create:
-            os.mkdir(vm_dir, 0o700)
-            try:
-                if disk_format == "raw":
-                    run(["cp", "--reflink=always", image, disk])
-                else:
-                    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, disk])
-                if params["size"]:
-                    run(["qemu-img", "resize", "-q", "-f", disk_format, disk, params["size"]])
-                if firmware:
-                    shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"), firmware[1])
-            except (vm.VmError, OSError):
-                cow.remove_tree(vm_dir, lambda argv: run(argv, check=False))
-                raise
-        if seed_changed:
-            build_seed(run, vm_dir, seed_files)
-        if params["tpm"]:
-            os.makedirs(os.path.join(vm_dir, "tpm"), 0o700, exist_ok=True)  # the TPM's state, snapshotted with the disk
-        for path, text in vm.TEMPLATES.items():
-            write(os.path.join(SYSTEMD_DIR, path), text)
-        for path, text in wanted.items():
-            write(path, text)
-        for path in set(current) - set(wanted):
+        if running:
+            stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+        # helpers outlive a VM that crashed (PartOf= only carries a stop): stop them too
+        run(["systemctl", "stop", *helper_units(name)], check=False)
+        run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
+        if os.path.isdir(vm_dir) and not params["keep_data"]:
+            # out of the way first: killed from here on, the re-run finds the units and finishes
+            os.rename(vm_dir, os.path.join(params["vms_dir"], f".{name}.removing"))
+            _lock.crash_point("vm-removing")
+        for path in current:
             os.unlink(path)
             if not os.listdir(os.path.dirname(path)):
                 os.rmdir(os.path.dirname(path))
-        write(record_path, json.dumps({"disk": disk, "disk_format": disk_format, "image": params["image"],
-                                       "seed": seed_files, "written": bool((record or {}).get("written"))},
-                                      indent=1) + "\n")
-        if changed_settings or create:
+        if current:
             run(["systemctl", "daemon-reload"])
-        if will_stop:
+        for path in leftovers(params["vms_dir"], name):
+            cow.remove_tree(path, lambda argv: run(argv, check=False))
+        module.exit_json(**result)
+
+    spec = dict(params)
+    vm.validate(spec)
+    accel = params["accel"] if params["accel"] != "auto" else ("kvm" if kvm_works(module) else "tcg")
+    result["accel"] = accel
+    create = record is None
+    disk_format = (record or {}).get("disk_format")
+    disk = (record or {}).get("disk")
+    if create:
+        image = params["image"]
+        if not image:
+            raise vm.VmError(f"VM {name} does not exist yet: give image to create it")
+        image = image if image.startswith("/") else os.path.join(params["images_dir"], image)
+        if not os.path.isfile(image):
+            known = sorted(os.listdir(params["images_dir"])) if os.path.isdir(params["images_dir"]) else []
+            raise vm.VmError(f"image {image} is not there; known: {', '.join(known) or 'none'}")
+        for option in ("kernel", "initrd", "iso", "drivers_iso"):
+            if params[option] and not os.path.isfile(params[option]):
+                raise vm.VmError(f"{option} {params[option]} is not there")
+        image_format = "qcow2" if image.endswith(".qcow2") else "raw"
+    firmware = None
+    bios = vm.QBOOT if params["machine"] == "microvm" and os.path.exists(vm.QBOOT) else None
+    if params["machine"] == "q35":
+        code = next((p for p in ("/usr/share/OVMF/OVMF_CODE_4M.ms.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd")
+                     if os.path.exists(p)), None)
+        if code is None:
+            raise vm.VmError("q35 needs UEFI firmware: install the ovmf package")
+        firmware = (code, os.path.join(vm_dir, "OVMF_VARS.fd"))
+    needs = [("swtpm", "tpm: true needs swtpm and swtpm-tools: install them", params["tpm"]),
+             ("swtpm_setup", "tpm: true needs swtpm-tools: install it", params["tpm"]),
+             ("websockify", "the web console needs websockify: install it, or set web_console: none",
+              vm.web_console_listen(params))]
+    for tool, message, wanted in needs:
+        if wanted and not shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin"):
+            raise vm.VmError(message)
+    if create:
+        os.makedirs(params["vms_dir"], 0o700, exist_ok=True)
+        reflink = cow.can_reflink(params["vms_dir"]) and image_format == "raw" and \
+            os.stat(params["vms_dir"]).st_dev == os.stat(image).st_dev
+        disk_format = "raw" if reflink else "qcow2"
+        disk = os.path.join(vm_dir, f"disk.{disk_format}")
+    spec.update(disk=disk, disk_format=disk_format,
+                seed=os.path.join(vm_dir, "seed.iso") if params["cloud_init"] else None,
+                iso=params["iso"] if create or not (record or {}).get("written") else None,
+                drivers_iso=params["drivers_iso"] if create or not (record or {}).get("written") else None)
+    spec["tsc_khz"] = host_tsc_khz()
+    argv = vm.build_argv(spec, accel, firmware=firmware, bios=bios,
+                         tpm_socket=run_paths["tpm"] if params["tpm"] else None)
+    wanted = {os.path.join(SYSTEMD_DIR, path): text for path, text in vm.render_units(spec, argv, vm_dir).items()}
+    wanted[dropin_path] += (f"ExecStop=/usr/bin/python3 -c {vm._quote(POWERDOWN)} {run_paths['qmp']}\n"
+                            f"TimeoutStopSec={params['stop_timeout']}\n")
+    result["web_console"] = vm.web_console_listen(params) or ""
+    seed_files = vm.cloud_init(spec) if params["cloud_init"] else None
+    seed_changed = seed_files is not None and (record or {}).get("seed") != seed_files
+    templates_changed = any(read(os.path.join(SYSTEMD_DIR, path)) != text for path, text in vm.TEMPLATES.items())
+    changed_settings = current != wanted or templates_changed
+    # a run killed after writing the units and before daemon-reload: systemd still has the old ones
+    reload_needed = changed_settings or create or needs_daemon_reload(run, vm.instance_units(name))
+    will_start = state in ("started", "restarted") and (not running or state == "restarted")
+    will_stop = state == "stopped" and running
+    result["changed"] = bool(left) or create or changed_settings or reload_needed or seed_changed or will_start or will_stop
+    # what runs is older than its files (also when the run that wrote them was killed)
+    older = running and not create and started_before(run, unit, [*current, os.path.join(vm_dir, "seed.iso")])
+    result["restart_required"] = bool(running and (changed_settings or seed_changed or older) and not will_start)
+    result["disk"] = disk
+    result.update(vm.addresses(spec))
+    if module._diff:
+        result["diff"] = {"before": units_text(current), "after": units_text(wanted),
+                          "before_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d", "after_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d"}
+    if module.check_mode:
+        result["state"] = "running" if (running and not will_stop) or will_start else "stopped"
+        module.exit_json(**result)
+
+    record_text = json.dumps({"disk": disk, "disk_format": disk_format, "image": params["image"],
+                              "seed": seed_files, "written": bool((record or {}).get("written"))}, indent=1) + "\n"
+    if create:
+        # made whole beside its place, then renamed: killed before the rename, the re-run discards it
+        partial = os.path.join(params["vms_dir"], f".{name}.partial")
+        os.mkdir(partial, 0o700)
+        try:
+            inside = os.path.join(partial, os.path.basename(disk))
+            if disk_format == "raw":
+                run(["cp", "--reflink=always", image, inside])
+            else:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, inside])
+            if params["size"]:
+                run(["qemu-img", "resize", "-q", "-f", disk_format, inside, params["size"]])
+            if firmware:
+                shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"),
+                                os.path.join(partial, os.path.basename(firmware[1])))
+            if seed_files is not None:
+                build_seed(run, partial, seed_files)
+            if params["tpm"]:
+                os.mkdir(os.path.join(partial, "tpm"), 0o700)  # the TPM's state, snapshotted with the disk
+            write(os.path.join(partial, "vm.json"), record_text)  # last: a folder with a record is whole
+            _lock.crash_point("vm-created")
+            os.rename(partial, vm_dir)
+        except (vm.VmError, OSError):
+            cow.remove_tree(partial, lambda argv: run(argv, check=False))
+            raise
+    elif seed_changed:
+        build_seed(run, vm_dir, seed_files)
+    if params["tpm"]:
+        os.makedirs(os.path.join(vm_dir, "tpm"), 0o700, exist_ok=True)
+    for path, text in vm.TEMPLATES.items():
+        write(os.path.join(SYSTEMD_DIR, path), text)
+    for path, text in wanted.items():
+        write(path, text)
+    for path in set(current) - set(wanted):
+        os.unlink(path)
+        if not os.listdir(os.path.dirname(path)):
+            os.rmdir(os.path.dirname(path))
+    write(record_path, record_text)
+    _lock.crash_point("vm-units-written")
+    if reload_needed:
+        run(["systemctl", "daemon-reload"])
+    if will_stop:
+        stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+    if will_start:
+        if running:
             stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
-        if will_start:
-            if running:
-                stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
-            # a TPM left running by a VM that crashed would keep the old state: start afresh
-            run(["systemctl", "stop", *helper_units(name)], check=False)
-            run(["systemctl", "reset-failed", unit, *helper_units(name)], check=False)
-            if os.path.exists(run_paths["serial_log"]):
-                os.unlink(run_paths["serial_log"])
-            started = time.monotonic()
-            rc, out, err = run(["systemctl", "start", unit], check=False)
-            if rc != 0:
-                journal = run(["journalctl", "--no-pager", "-n", "30", "-o", "cat", "-u", unit,
-                               "-u", f"replica-vm-swtpm@{name}.service"], check=False)[1]
-                raise vm.VmError(f"systemctl start {unit} failed: {(err or out).strip()}\n{journal}")
-            if params["wait"]:
-                wait_ready(params, run_paths["serial_log"], started, unit_state, result)
-            # the disk has been written: installer media are not attached again
-            with open(record_path, encoding="utf-8") as handle:
-                saved = json.load(handle)
-            saved["written"] = True
-            write(record_path, json.dumps(saved, indent=1) + "\n")
-            result["restart_required"] = False
-        active, pid = unit_state()
-        result["pid"] = pid
-        result["state"] = "running" if active == "active" else "stopped"
-    except (vm.VmError, cow.CowError, OSError, ValueError) as exc:
-        module.fail_json(msg=str(exc), **result)
-    module.exit_json(**result)
+        # a TPM left running by a VM that crashed would keep the old state: start afresh
+        run(["systemctl", "stop", *helper_units(name)], check=False)
+        run(["systemctl", "reset-failed", unit, *helper_units(name)], check=False)
+        if os.path.exists(run_paths["serial_log"]):
+            os.unlink(run_paths["serial_log"])
+        started = time.monotonic()
+        rc, out, err = run(["systemctl", "start", unit], check=False)
+        if rc != 0:
+            journal = run(["journalctl", "--no-pager", "-n", "30", "-o", "cat", "-u", unit,
+                           "-u", f"replica-vm-swtpm@{name}.service"], check=False)[1]
+            raise vm.VmError(f"systemctl start {unit} failed: {(err or out).strip()}\n{journal}")
+        if params["wait"]:
+            wait_ready(params, run_paths["serial_log"], started, unit_state, result)
+        # the disk has been written: installer media are not attached again
+        with open(record_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        saved["written"] = True
+        write(record_path, json.dumps(saved, indent=1) + "\n")
+        result["restart_required"] = False
+    active, pid = unit_state()
+    result["pid"] = pid
+    result["state"] = "running" if active == "active" else "stopped"
 
 
 # ExecStop: ACPI power-down through QMP, then wait for QEMU ($MAINPID) to exit; systemd kills
@@ -579,7 +631,23 @@ def stop(module, run, unit, run_paths, timeout, unit_state):
     run(["systemctl", "stop", unit], check=False)
 
 
+def needs_daemon_reload(run, units):
+    """Whether systemd holds an older version of any of *units* than their files."""
+    out = run(["systemctl", "show", "--property=NeedDaemonReload", *units], check=False)[1]
+    return "NeedDaemonReload=yes" in out.split()
+
+
+def started_before(run, unit, paths):
+    """Whether running *unit* started before the newest of *paths* was written."""
+    out = run(["systemctl", "show", "--property=ActiveEnterTimestampMonotonic", unit], check=False)[1]
+    value = out.strip().partition("=")[2]
+    started = live.started_at(int(value) if value.isdigit() else 0, time.monotonic(), time.time())
+    newest = max((os.stat(path).st_mtime for path in paths if os.path.exists(path)), default=0.0)
+    return started is not None and started < newest
+
+
 def build_seed(run, vm_dir, files):
+    """The cloud-init seed ``vm_dir/seed.iso`` from *files*, built beside it and renamed over it."""
     seed_dir = os.path.join(vm_dir, "seed")
     if os.path.isdir(seed_dir):
         shutil.rmtree(seed_dir)
@@ -590,8 +658,10 @@ def build_seed(run, vm_dir, files):
     tool = shutil.which("genisoimage") or shutil.which("mkisofs")
     if tool is None:
         raise vm.VmError("cloud_init needs genisoimage on the host: install the genisoimage package")
-    run([tool, "-quiet", "-output", os.path.join(vm_dir, "seed.iso"), "-volid", "cidata", "-joliet", "-rock",
+    seed = os.path.join(vm_dir, "seed.iso")
+    run([tool, "-quiet", "-output", seed + ".tmp", "-volid", "cidata", "-joliet", "-rock",
          *[os.path.join(seed_dir, name) for name in sorted(files)]])
+    os.rename(seed + ".tmp", seed)
     shutil.rmtree(seed_dir)
 
 

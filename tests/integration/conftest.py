@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -172,6 +173,21 @@ def run_module(module, args, *extra, check=True, machine=None, env=None):
                        "-m", module, "-a", json.dumps(args), *extra, check=check, env=env)
     text = proc.stdout
     return proc.returncode, json.loads(text[text.index(" => {") + 4:])
+
+
+def crash_in(machine, module, args, point):
+    """Run *module* in lab host *machine* with ``kill -9`` at crash point *point* (a play sets the
+    module's environment; an ad-hoc run through the connection cannot)."""
+    play = [{"hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "run killed at " + point, module: args, "environment": {"REPLICA_CRASH_AT": point}}]}]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
+        json.dump(play, handle)
+    try:
+        return run_ansible("ansible-playbook", "-i", f"{machine.name},", "-c", "replica.cloud.nspawn",
+                           "-e", f"ansible_nspawn_leader_pid={machine.leader}",
+                           "-e", "ansible_python_interpreter=/usr/bin/python3", handle.name, check=False)
+    finally:
+        os.unlink(handle.name)
 
 
 def seed_image(lab, machine, name="debian-12"):

@@ -6,11 +6,9 @@ booted by systemd-nspawn@.service to READY, on a bridge, reaching each other by 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 
-from conftest import run_ansible, run_module, seed_image
+from conftest import crash_in, run_module, seed_image
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIReplicaTestKey test@replica"
 
@@ -29,21 +27,6 @@ def tree_digest(root):
             st = os.lstat(path)
             digest.update(f"{os.path.relpath(path, root)} {st.st_mode} {st.st_size} {st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-
-
-def crash_in(machine, module, args, point):
-    """Run *module* in lab host *machine* with ``kill -9`` at crash point *point* (a play sets the
-    module's environment; an ad-hoc run through the connection cannot)."""
-    play = [{"hosts": "all", "gather_facts": False, "tasks": [
-        {"name": "run killed at " + point, module: args, "environment": {"REPLICA_CRASH_AT": point}}]}]
-    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
-        json.dump(play, handle)
-    try:
-        return run_ansible("ansible-playbook", "-i", f"{machine.name},", "-c", "replica.cloud.nspawn",
-                           "-e", f"ansible_nspawn_leader_pid={machine.leader}",
-                           "-e", "ansible_python_interpreter=/usr/bin/python3", handle.name, check=False)
-    finally:
-        os.unlink(handle.name)
 
 
 def test_lifecycle_names_and_firstboot(lab, lab_host):

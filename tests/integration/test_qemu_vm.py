@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import VM_PACKAGES, probe_line, run_module, seed_vm_images
+from conftest import VM_PACKAGES, crash_in, probe_line, run_module, seed_vm_images
 
 
 def test_microvm_lifecycle(lab, lab_host):
@@ -23,6 +23,25 @@ def test_microvm_lifecycle(lab, lab_host):
 
     def qv(args, *extra, check=True):
         return run_module("replica.cloud.qemu_vm", args, *extra, check=check, machine=machine)
+
+    def killed_at(args, point):
+        proc = crash_in(machine, "replica.cloud.qemu_vm", args, point)
+        assert proc.returncode != 0 and "Killed" in proc.stdout, proc.stdout
+
+    def need_reload(unit):
+        return lab.exec(machine, ["systemctl", "show", "--property=NeedDaemonReload", unit]).stdout.strip()
+
+    vms = os.path.join(machine.directory, "var/lib/replica/vms")
+    # killed once its folder is whole, before the rename: nothing is there, and the re-run makes it
+    kill = {"name": "kill1", "image": "debian.raw", "kernel": spec["kernel"], "state": "present",
+            "cloud_init": {"hostname": "kill1"}}
+    killed_at(kill, "vm-created")
+    assert not os.path.exists(os.path.join(vms, "kill1")) and os.path.exists(os.path.join(vms, ".kill1.partial"))
+    rc, made = qv(kill)
+    assert rc == 0 and made["changed"] and sorted(os.listdir(os.path.join(vms, "kill1"))) == ["disk.raw", "seed.iso", "vm.json"]
+    assert not os.path.exists(os.path.join(vms, ".kill1.partial"))
+    rc, again = qv(kill)
+    assert rc == 0 and not again["changed"]
 
     rc, checked = qv(spec, "--check", "--diff")
     assert rc == 0 and checked["changed"] and not os.path.exists(os.path.join(machine.directory, "var/lib/replica/vms/tiny1"))
@@ -44,7 +63,27 @@ def test_microvm_lifecycle(lab, lab_host):
     assert probe["mac"] == up["mac"] and up["mac"].startswith("52:54:") and up["addresses"] == ["10.0.2.15"]
 
     rc, again = qv(spec)
-    assert rc == 0 and not again["changed"]
+    assert rc == 0 and not again["changed"] and not again["restart_required"]
+
+    # killed after writing new settings, before daemon-reload: systemd still holds the old unit;
+    # the re-run reloads it, and says the running VM needs a restart
+    bigger = dict(spec, memory="640M")
+    killed_at(bigger, "vm-units-written")
+    assert need_reload("replica-vm@tiny1.service") == "NeedDaemonReload=yes"
+    rc, after = qv(bigger)
+    assert rc == 0 and after["changed"] and after["restart_required"] and after["state"] == "running"
+    assert need_reload("replica-vm@tiny1.service") == "NeedDaemonReload=no"
+    rc, after = qv(bigger)
+    assert rc == 0 and not after["changed"] and after["restart_required"]
+
+    # a removal killed after the folder was moved aside: the units are still there, and the re-run finishes
+    killed_at({"name": "kill1", "state": "absent"}, "vm-removing")
+    assert not os.path.exists(os.path.join(vms, "kill1")) and os.path.exists(os.path.join(vms, ".kill1.removing"))
+    rc, gone = qv({"name": "kill1", "state": "absent"})
+    assert rc == 0 and gone["changed"] and not os.path.exists(os.path.join(vms, ".kill1.removing"))
+    assert not os.path.exists(os.path.join(machine.directory, "etc/systemd/system/replica-vm@kill1.service.d"))
+    rc, gone = qv({"name": "kill1", "state": "absent"})
+    assert rc == 0 and not gone["changed"]
 
     rc, down = qv(dict(spec, state="stopped"))
     assert rc == 0 and down["changed"] and down["state"] == "stopped"

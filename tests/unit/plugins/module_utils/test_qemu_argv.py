@@ -122,7 +122,9 @@ def test_microvms_have_no_web_console():
         vm.validate({"name": "tiny1", "kernel": "/k", "web_console": "unix"})
 
 
-@pytest.mark.parametrize("value", ["localhost", ":6081", "localhost:6081", "1.2.3.4:0", "1.2.3.4:70000", "relative.sock", "host:port"])
+@pytest.mark.parametrize("value", ["localhost", ":6081", "localhost:6081", "1.2.3.4:0", "1.2.3.4:70000", "relative.sock", "host:port",
+                                   "127.0.0.1:6081\n", "/srv/a.sock\nExecStartPre=/bin/sh", "/srv/%n.sock", "/srv/a b.sock",
+                                   "/srv/../etc/x.sock", "/" + "s" * 107])
 def test_bad_web_console(value):
     with pytest.raises(vm.VmError, match="web_console"):
         vm.validate(dict(Q35, web_console=value))
