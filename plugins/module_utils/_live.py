@@ -105,5 +105,69 @@ def stale(props, content_digest, newest_mtime, stamp, started):
     return None
 
 
+#: the unit types whose files systemd reads (a file of one of these names, or ``*.conf`` in a ``NAME.d`` folder)
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".automount", ".swap", ".target",
+                 ".slice", ".scope", ".device")
+
+
+def _names_of(unit):
+    """The names whose files and drop-in folders systemd reads for *unit*: itself, its template
+    (``a@.service`` for ``a@b.service``), the dash prefixes (``a-.service`` for ``a-b.service``)
+    and its type (``service``)."""
+    stem, dot, suffix = unit.rpartition(".")
+    names = {unit}
+    if "@" in stem:
+        names.add(stem.split("@", 1)[0] + "@." + suffix)
+    parts = stem.split("@", 1)[0].split("-")
+    names.update("-".join(parts[:count]) + "-." + suffix for count in range(1, len(parts)))
+    return names, suffix if dot else ""
+
+
+def unread(props, unit, present):
+    """The unit files and drop-ins of *unit* among *present* (files that exist) that systemd has
+    not read: neither its ``FragmentPath`` nor among its ``DropInPaths``.
+
+    ``NeedDaemonReload`` misses a drop-in in a folder that did not exist when systemd last read its
+    units (systemd only looks in the folders it found then): an ``apt-daily.timer.d`` made by the
+    first run of a role. Files of other units, and configuration files, are not asked about."""
+    names, suffix = _names_of(unit)
+    read = {props.get("FragmentPath") or ""} | set((props.get("DropInPaths") or "").split())
+    found = []
+    for path in present:
+        folder, base = os.path.split(path)
+        parent = os.path.basename(folder)
+        if parent.endswith(".d"):
+            ours = base.endswith(".conf") and (parent[:-2] in names or parent[:-2] == suffix)
+        else:
+            ours = base in names and base.endswith(UNIT_SUFFIXES)
+        if ours and path not in read:
+            found.append(path)
+    return found
+
+
+def decide(props, state, inactive, content_digest, newest_mtime, stamp, started, unread_files=()):
+    """``(reason, steps)`` for service_config: why the unit does not run (or systemd has not read)
+    its current files, and the ``systemctl`` verbs that make it so (``daemon-reload``,
+    ``restart``, ``reload-or-restart``); ``(None, [])`` when nothing is to do.
+
+    *state* ``loaded`` asks only that systemd has read the unit's files (a timer's new schedule, a
+    unit that starts later); *inactive* ``leave`` leaves a unit that is not running as it is (a
+    socket-activated service starts with its current files on the next connection); *unread_files*
+    (:func:`unread`) need a daemon-reload too."""
+    unread_reason = f"systemd has not read {', '.join(unread_files)}" if unread_files else None
+    reload = props.get("NeedDaemonReload") == "yes" or bool(unread_files)
+    idle = props.get("ActiveState") not in ("active", "reloading")
+    if state == "loaded" or (inactive == "leave" and idle):
+        if not reload:
+            return None, []
+        return unread_reason or "its unit file changed since systemd read it", ["daemon-reload"]
+    reason = stale(props, content_digest, newest_mtime, stamp, started)
+    if unread_files and props.get("ActiveState") in ("active", "reloading"):
+        reason = reason or unread_reason
+    if not reason:
+        return None, []
+    return reason, (["daemon-reload"] if reload else []) + ["restart" if state == "restarted" else "reload-or-restart"]
+
+
 def stamp_path(unit, folder=STAMP_DIR):
     return os.path.join(folder, hashlib.sha256(unit.encode("utf-8", "surrogateescape")).hexdigest()[:24] + ".json")

@@ -28,17 +28,34 @@ options:
       - "The files (or folders, all files below) the running unit must have applied: its
         configuration, its unit file and drop-ins. A path that does not exist counts as such (its
         appearing later is a change)."
+      - "The unit files and drop-ins of O(name) among them (named as systemd names them, for
+        example C(/etc/systemd/system/apt-daily.timer.d/50-replica.conf)) must be the ones systemd
+        has read (C(FragmentPath), C(DropInPaths)); C(systemctl daemon-reload) when not. This
+        catches what C(NeedDaemonReload) misses: a drop-in in a folder that did not exist when
+        systemd last read its units."
+      - Required with O(state=restarted) and O(state=reloaded).
     type: list
     elements: path
-    required: true
   state:
     description:
       - V(restarted) - the unit was started after its files last changed (restarted when not).
       - V(reloaded) - the unit has applied its files, by a reload (C(systemctl reload-or-restart))
         when not.
+      - "V(loaded) - systemd has read the unit's current files (C(systemctl daemon-reload) when
+        C(NeedDaemonReload) or O(paths) say it has not): for a timer's schedule, or a unit that
+        starts later. Nothing is started or restarted."
     type: str
-    choices: [restarted, reloaded]
+    choices: [restarted, reloaded, loaded]
     default: restarted
+  inactive:
+    description:
+      - What to do with a unit that is not running.
+      - V(start) - start it.
+      - "V(leave) - leave it stopped (only make systemd read its files): a socket-activated service,
+        which its next connection starts with its current files."
+    type: str
+    choices: [start, leave]
+    default: start
 notes:
   - "Crash consistency: killed before the stamp is written, the next run compares again and at
     worst applies once more."
@@ -56,6 +73,18 @@ EXAMPLES = r"""
   replica.cloud.service_config:
     name: replica-dnsmasq@lan.service
     paths: [/etc/replica/network/lan/dnsmasq.conf, /etc/systemd/system/replica-dnsmasq@.service]
+
+- name: The timer runs on its current schedule (systemd has read its drop-in)
+  replica.cloud.service_config:
+    name: apt-daily.timer
+    paths: [/etc/systemd/system/apt-daily.timer.d/50-replica.conf]
+    state: loaded
+
+- name: A socket-activated proxy that runs is restarted when older than its unit; a stopped one is left
+  replica.cloud.service_config:
+    name: replica-proxy-unbound-0.service
+    paths: [/etc/systemd/system/replica-proxy-unbound-0.service]
+    inactive: leave
 """
 
 RETURN = r"""
@@ -75,7 +104,8 @@ from ansible_collections.replica.cloud.plugins.module_utils import _live as live
 from ansible_collections.replica.cloud.plugins.module_utils import _files as files
 
 ENV = {"LC_ALL": "C", "LANG": "C"}
-PROPS = ("LoadState", "ActiveState", "InvocationID", "NeedDaemonReload", "ActiveEnterTimestampMonotonic")
+PROPS = ("LoadState", "ActiveState", "InvocationID", "NeedDaemonReload", "ActiveEnterTimestampMonotonic",
+         "FragmentPath", "DropInPaths")
 
 
 def show(module, systemctl, unit):
@@ -102,12 +132,14 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "name": {"type": "str", "required": True},
-            "paths": {"type": "list", "elements": "path", "required": True},
-            "state": {"type": "str", "choices": ["restarted", "reloaded"], "default": "restarted"},
+            "paths": {"type": "list", "elements": "path"},
+            "state": {"type": "str", "choices": ["restarted", "reloaded", "loaded"], "default": "restarted"},
+            "inactive": {"type": "str", "choices": ["start", "leave"], "default": "start"},
         },
+        required_if=[("state", "restarted", ["paths"]), ("state", "reloaded", ["paths"])],
         supports_check_mode=True,
     )
-    unit, paths = module.params["name"], module.params["paths"]
+    unit, paths, state = module.params["name"], module.params["paths"] or [], module.params["state"]
     systemctl = module.get_bin_path("systemctl")
     if not systemctl:
         module.fail_json(msg="systemctl is not on the target: this module needs systemd")
@@ -115,25 +147,25 @@ def main():
     content_digest, newest = live.digest(paths)
     stamp_file = live.stamp_path(unit)
     started = live.started_at(int(props.get("ActiveEnterTimestampMonotonic") or 0), time.monotonic(), time.time())
-    reason = live.stale(props, content_digest, newest, read_stamp(stamp_file), started)
+    present = [path for path, kind in live.files_of(paths) if kind == "file"]
+    reason, steps = live.decide(props, state, module.params["inactive"], content_digest, newest,
+                                read_stamp(stamp_file), started, live.unread(props, unit, present))
     result = {"changed": bool(reason), "reason": reason or ""}
     if module.check_mode:
         module.exit_json(**result)
-    if reason:
-        steps = []
-        if props.get("NeedDaemonReload") == "yes":
-            steps.append([systemctl, "daemon-reload"])
-        verb = "restart" if module.params["state"] == "restarted" else "reload-or-restart"
-        steps.append([systemctl, verb, "--", unit])
-        for argv in steps:
-            rc, out, err = module.run_command(argv, environ_update=ENV)
-            if rc != 0:
-                module.fail_json(msg=f"{' '.join(argv)} failed: {(err or out).strip()} (see journalctl -u {unit})",
-                                 **result)
+    for verb in steps:
+        argv = [systemctl, verb] if verb == "daemon-reload" else [systemctl, verb, "--", unit]
+        rc, out, err = module.run_command(argv, environ_update=ENV)
+        if rc != 0:
+            module.fail_json(msg=f"{' '.join(argv)} failed: {(err or out).strip()} (see journalctl -u {unit})",
+                             **result)
+    if steps and steps[-1] != "daemon-reload":
         props = show(module, systemctl, unit)
         if props.get("ActiveState") not in ("active", "reloading"):
-            module.fail_json(msg=f"{unit} is {props.get('ActiveState')} after {verb}: see journalctl -u {unit}",
+            module.fail_json(msg=f"{unit} is {props.get('ActiveState')} after {steps[-1]}: see journalctl -u {unit}",
                              **result)
+    if state == "loaded" or props.get("ActiveState") not in ("active", "reloading"):
+        module.exit_json(**result)   # nothing runs this configuration: no stamp
     # record what this invocation runs (also when nothing was needed: a later reload is then told apart)
     os.makedirs(live.STAMP_DIR, 0o700, exist_ok=True)
     files.write_text(stamp_file, json.dumps({"unit": unit, "invocation": props.get("InvocationID"),

@@ -72,3 +72,54 @@ def test_not_running_or_an_unread_unit_file_is_stale():
 def test_started_at_turns_monotonic_into_wall_clock():
     assert live.started_at(5_000_000, now_monotonic=10.0, now_realtime=1000.0) == 995.0
     assert live.started_at(0, 10.0, 1000.0) is None
+
+
+def test_decide_restarts_or_reloads_a_stale_unit_after_reading_its_files():
+    assert live.decide(ACTIVE, "restarted", "start", "d", 200.0, None, 100.0) == ("its files changed after it started", ["restart"])
+    assert live.decide(dict(ACTIVE, NeedDaemonReload="yes"), "reloaded", "start", "d", 0, None, 1.0) == \
+        ("its unit file changed since systemd read it", ["daemon-reload", "reload-or-restart"])
+    assert live.decide(ACTIVE, "restarted", "start", "d", 100.0, None, 200.0) == (None, [])
+
+
+def test_decide_loaded_only_makes_systemd_read_the_files():
+    assert live.decide(dict(ACTIVE, NeedDaemonReload="yes"), "loaded", "start", "d", 200.0, None, 100.0) == \
+        ("its unit file changed since systemd read it", ["daemon-reload"])
+    # older than its files but loaded: a timer keeps running, nothing to do
+    assert live.decide(ACTIVE, "loaded", "start", "d", 200.0, None, 100.0) == (None, [])
+
+
+def test_decide_leaves_a_stopped_unit_stopped_when_asked():
+    stopped = dict(ACTIVE, ActiveState="inactive")
+    assert live.decide(stopped, "restarted", "start", "d", 0, None, None) == ("it is inactive", ["restart"])
+    assert live.decide(stopped, "restarted", "leave", "d", 0, None, None) == (None, [])
+    assert live.decide(dict(stopped, NeedDaemonReload="yes"), "restarted", "leave", "d", 0, None, None) == \
+        ("its unit file changed since systemd read it", ["daemon-reload"])
+    # running and stale, it is restarted even so
+    assert live.decide(ACTIVE, "restarted", "leave", "d", 200.0, None, 100.0)[1] == ["restart"]
+
+
+def test_unread_finds_a_drop_in_systemd_has_not_read():
+    # systemd read the packaged timer only: the first run's drop-in folder did not exist then
+    props = dict(ACTIVE, FragmentPath="/lib/systemd/system/apt-daily.timer", DropInPaths="")
+    dropin = "/etc/systemd/system/apt-daily.timer.d/50-replica.conf"
+    assert live.unread(props, "apt-daily.timer", [dropin]) == [dropin]
+    assert live.unread(dict(props, DropInPaths=dropin), "apt-daily.timer", [dropin]) == []
+    # the template's, the dash prefix's and the type's drop-ins and fragment are the unit's too
+    for path in ("/etc/systemd/system/replica-dnsmasq@.service.d/x.conf",
+                 "/etc/systemd/system/replica-.service.d/x.conf",
+                 "/etc/systemd/system/service.d/x.conf",
+                 "/etc/systemd/system/replica-dnsmasq@.service"):
+        assert live.unread({"FragmentPath": "", "DropInPaths": ""}, "replica-dnsmasq@lan.service", [path]) == [path]
+    # configuration files, other units' files and non-.conf files in a drop-in folder are not asked about
+    others = ["/etc/replica/network/lan/dnsmasq.conf", "/etc/systemd/system/srv-state.mount",
+              "/etc/systemd/system/other.service.d/x.conf", "/etc/systemd/system/apt-daily.timer.d/README"]
+    assert live.unread(props, "apt-daily.timer", others) == []
+
+
+def test_decide_reads_unread_files_first():
+    dropin = ["/etc/systemd/system/apt-daily.timer.d/50-replica.conf"]
+    assert live.decide(ACTIVE, "loaded", "start", "d", 0, None, 1.0, dropin) == \
+        (f"systemd has not read {dropin[0]}", ["daemon-reload"])
+    # a running service whose new drop-in systemd has not read is reloaded and restarted
+    assert live.decide(ACTIVE, "restarted", "start", "d", 0, None, 1.0, dropin) == \
+        (f"systemd has not read {dropin[0]}", ["daemon-reload", "restart"])
