@@ -72,3 +72,31 @@ def test_a_lambda_starts_on_connection_and_scales_to_zero(host):
                 timeout=45)
     page = host.check_output("curl -fsS --retry 5 --retry-connrefused --max-time 30 http://127.0.0.1:8081/")
     assert page == "hello from a lambda"
+
+
+#: capabilities no machine may hold (bit: name): loading kernel code, raw I/O, the host's clock,
+#: its kernel log, BPF programs
+CAPS_NEVER = {16: "CAP_SYS_MODULE", 17: "CAP_SYS_RAWIO", 25: "CAP_SYS_TIME", 34: "CAP_SYSLOG", 39: "CAP_BPF"}
+#: what root in a machine tries, each of which must fail (attempts that cannot harm the host if
+#: they succeeded: a read of a loop device, a sysctl write and a remount inside the machine)
+ESCAPES = {
+    "write a kernel setting": "echo 1 > /proc/sys/kernel/sysrq",
+    "read a host block device": "mknod /run/probe-blk b 7 0 && head -c 1 /run/probe-blk >/dev/null",
+    "make /sys writable": "mount -o remount,rw /sys",
+    "mount the host's cgroup tree": "mkdir -p /run/probe-cg && mount -t cgroup2 none /run/probe-cg && test -e /run/probe-cg/init.scope/../../machine.slice",
+}
+
+
+def test_a_machine_is_confined(host):
+    """The stock systemd-nspawn@.service (-U): root in the machine is an unprivileged user of its
+    own range on the host, without the capabilities that reach the host's kernel, and the usual
+    escapes fail."""
+    leader = host.check_output("machinectl show --property=Leader --value site1")
+    uid_map = host.file(f"/proc/{leader}/uid_map").content_string.split()
+    assert uid_map[0] == "0" and uid_map[1] != "0" and uid_map[2] == "65536", uid_map
+    bounding = int(inside(host, "site1", r"sed -n s/^CapBnd:\s*//p /proc/self/status").stdout.strip(), 16)
+    assert not [name for bit, name in CAPS_NEVER.items() if bounding >> bit & 1], hex(bounding)
+    succeeded = {what: result.stdout for what, result in
+                 ((what, inside(host, "site1", command + " 2>&1")) for what, command in ESCAPES.items())
+                 if result.rc == 0}
+    assert not succeeded, succeeded
