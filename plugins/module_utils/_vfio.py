@@ -7,11 +7,14 @@ I/O: the module reads sysfs and writes it; everything it decides is decided here
 A *device* is a dict read from sysfs: ``address`` (``0000:01:00.0``), ``vendor`` and ``device``
 (four hex digits), ``class`` (an int, ``0x030000``), ``driver`` (the bound driver's name or
 None), ``override`` (``driver_override``, None when unset: sysfs reads ``(null)``) and ``group``
-(the IOMMU group's number as a string, or None).
+(the IOMMU group's number as a string, or None), and ``pending`` (True when a run that was
+returning it to a host driver was killed after unbinding it from vfio-pci and before the probe:
+see :func:`pending_name`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -26,6 +29,9 @@ _ADDRESS_RE = re.compile(r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{
 _IDS_RE = re.compile(r"^(?P<vendor>[0-9a-fA-F]{4}):(?P<device>[0-9a-fA-F]{4})\Z")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _MDEV_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*\Z")
+#: where a run notes the devices it has taken off vfio-pci and not yet probed (root's, under /run:
+#: a reboot probes every device anyway)
+PENDING_DIR = "/run/replica/vfio-pending"
 
 
 class VfioError(Exception):
@@ -81,6 +87,15 @@ def label(dev):
     return f"{dev['address']} ({dev['vendor']}:{dev['device']}, {dev['driver'] or 'no driver'})"
 
 
+def pending_name(sysfs_root, address):
+    """The file name, in :data:`PENDING_DIR`, of the note that *address* of the sysfs tree at
+    *sysfs_root* (a real path) is between its unbind from vfio-pci and its probe. Returning a device
+    to "the driver the kernel picks" leaves it without a driver for that moment, which reads the
+    same as a device no loaded driver takes; the note tells a re-run after ``kill -9`` to probe it."""
+    tree = hashlib.sha256(sysfs_root.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{tree}-{address}"
+
+
 def matches(dev, ids):
     return (dev["vendor"], dev["device"]) == tuple(ids)
 
@@ -91,11 +106,14 @@ def bound_wanted(dev):
 
 
 def unbound_wanted(dev, driver):
-    """Whether *dev* is where ``state=unbound`` wants it: off vfio-pci and not kept for it by an
-    override; on *driver* when one is named."""
-    if dev["override"] == VFIO:
+    """Whether *dev* is where ``state=unbound`` wants it: off vfio-pci, not kept for it by an
+    override and not left unprobed by a killed run; on *driver*, without an override, when one is
+    named."""
+    if dev["override"] == VFIO or dev.get("pending"):
         return False
-    return dev["driver"] == driver if driver else not is_vfio(dev["driver"])
+    if driver:
+        return dev["driver"] == driver and dev["override"] is None
+    return not is_vfio(dev["driver"])
 
 
 def plan(targets, devices, groups, state, mode, driver=None):
@@ -128,7 +146,8 @@ def plan(targets, devices, groups, state, mode, driver=None):
         members[group] = sorted(groups.get(group, [address]))
         others = [devices[a] for a in members[group] if a not in chosen and not is_bridge(devices[a])]
         if mode == "whole":
-            chosen += [d["address"] for d in others if state == "bound" or is_vfio(d["driver"]) or d["override"] == VFIO]
+            chosen += [d["address"] for d in others
+                       if state == "bound" or is_vfio(d["driver"]) or d["override"] == VFIO or d.get("pending")]
         elif state == "bound":
             busy = [d for d in others if d["driver"] is not None and not is_vfio(d["driver"]) and d["driver"] not in ALLOWED]
             if busy:

@@ -21,6 +21,15 @@ description:
     to their driver (the kernel does not count them against a group, and vfio-pci cannot take them).
   - A failure midway (a driver refusing the device, a probe failing) puts every device already moved back where it
     was, driver and override, before the module fails; persistence files are written only after the devices moved.
+  - Killed at any point (C(kill -9)), a re-run converges and leaves no device stranded. A device is held for
+    C(vfio-pci) by its override before it leaves its host driver, so a run killed between the unbind and the probe
+    leaves it without a driver but with the override, which the re-run probes. Returning a device to the driver the
+    kernel picks has no such hold, so the run notes the device in C(/run/replica/vfio-pending) (root's) before
+    unbinding it and removes the note after the probe; a re-run probes a noted device. Persistence files are written
+    whole (a sibling renamed over the file) after the devices moved; a mediated device created before a kill is found
+    by the re-run.
+  - One run at a time changes a sysfs tree's devices; another waits for it (a lock in C(/run/replica/locks), up to 10
+    minutes, then fails naming the holder).
   - With O(mdev), the module creates (O(state=bound)) or removes (O(state=unbound)) mediated devices on O(device),
     which keeps its host driver (the parent driver provides the mdev types), by writing the uuid to
     C(mdev_supported_types/TYPE/create) and C(1) to the device's C(remove).
@@ -190,6 +199,7 @@ import errno
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.replica.cloud.plugins.module_utils import _lock
 from ansible_collections.replica.cloud.plugins.module_utils import _vfio as vfio
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
 
@@ -203,7 +213,8 @@ class Sysfs:
 
     def __init__(self, root):
         self.root = root
-        self.live = os.path.realpath(root) == "/sys"  # the running kernel's: modprobe, driverctl/mdevctl, the CPU
+        self.real = os.path.realpath(root)
+        self.live = self.real == "/sys"  # the running kernel's: modprobe, driverctl/mdevctl, the CPU
 
     def path(self, *parts):
         return os.path.join(self.root, *parts)
@@ -252,9 +263,14 @@ class Sysfs:
                     "class": int(self.read(os.path.join(folder, "class")).strip(), 16),
                     "driver": self.link_name(os.path.join(folder, "driver")),
                     "override": vfio.parse_override(self.read(os.path.join(folder, "driver_override"))),
-                    "group": self.link_name(os.path.join(folder, "iommu_group"))}
+                    "group": self.link_name(os.path.join(folder, "iommu_group")),
+                    "pending": os.path.exists(self.pending_path(address))}
         except (OSError, ValueError) as exc:
             raise vfio.VfioError(f"cannot read PCI device {address} in {folder}: {exc}") from exc
+
+    def pending_path(self, address):
+        """The note that a killed run left *address* between its unbind from vfio-pci and its probe."""
+        return os.path.join(vfio.PENDING_DIR, vfio.pending_name(self.real, address))
 
     def iommu_on(self):
         try:
@@ -313,8 +329,24 @@ class Mover:
     def probe(self, address):
         self.sysfs.write(self.sysfs.path("bus", "pci", "drivers_probe"), address, f"probing {address}")
 
+    def note(self, address):
+        """Note that *address* is about to be taken off vfio-pci without a driver to hold it for the
+        probe (what a re-run after ``kill -9`` reads as "probe it", see ``_vfio.pending_name``)."""
+        _lock.safe_folder(vfio.PENDING_DIR)
+        with open(self.sysfs.pending_path(address), "w", encoding="utf-8") as handle:
+            handle.write(f"{address} of {self.sysfs.real}: unbound from vfio-pci, to be probed\n")
+
+    def done(self, address):
+        """*address* is where the run wants it: its note, if any, goes."""
+        try:
+            os.unlink(self.sysfs.pending_path(address))
+        except FileNotFoundError:
+            pass
+
     def bind(self, dev):
-        """Give *dev* to vfio-pci: override, unbind, probe; fails unless vfio-pci took it."""
+        """Give *dev* to vfio-pci: override, unbind, probe; fails unless vfio-pci took it. The
+        override comes first and holds the device for vfio-pci: killed after the unbind, a re-run
+        finds it driverless with the override and probes it."""
         address = dev["address"]
         self.journal.append(("pci", address, dict(dev)))
         if dev["override"] != vfio.VFIO:
@@ -322,22 +354,27 @@ class Mover:
         if dev["driver"] != vfio.VFIO:
             if dev["driver"] is not None:
                 self.unbind(address, dev["driver"])
+                _lock.crash_point("vfio-unbound")
             self.probe(address)
         now = self.sysfs.device(address)
         if now["driver"] != vfio.VFIO:
             raise vfio.VfioError(f"vfio-pci did not take {address} when probed (it is on {now['driver'] or 'no driver'}): "
                                  f"its probe failed; journalctl -k says why")
+        self.done(address)
         return now
 
     def release(self, dev, driver):
-        """Take *dev* off vfio-pci: clear its override (or set *driver*), unbind, probe."""
+        """Take *dev* off vfio-pci: clear its override (or set *driver*), unbind, probe. Without
+        *driver* nothing holds the device between the unbind and the probe, so a note does."""
         address = dev["address"]
         self.journal.append(("pci", address, dict(dev)))
         move = vfio.is_vfio(dev["driver"]) or (driver is not None and dev["driver"] != driver)
         if dev["override"] != driver:
             self.set_override(address, driver)
         if move and dev["driver"] is not None:
+            self.note(address)
             self.unbind(address, dev["driver"])
+            _lock.crash_point("vfio-released")
         if move or dev["driver"] is None:
             self.probe(address)
         now = self.sysfs.device(address)
@@ -347,6 +384,7 @@ class Mover:
                                      f"does {driver} drive this device? journalctl -k says more")
             self.set_override(address, None)
             now = self.sysfs.device(address)
+        self.done(address)
         return now
 
     def restore(self, address, before):
@@ -363,6 +401,8 @@ class Mover:
         if (now["driver"], now["override"]) != (before["driver"], before["override"]):
             raise vfio.VfioError(f"{address} is on {now['driver']} (override {now['override']}), not back on "
                                  f"{before['driver']} (override {before['override']})")
+        if not before.get("pending"):
+            self.done(address)
 
     def _create(self, parent, item):
         path = os.path.join(self.sysfs.device_dir(parent), "mdev_supported_types", item["type"], "create")
@@ -375,6 +415,7 @@ class Mover:
     def create_mdev(self, parent, item):
         self._create(parent, item)
         self.journal.append(("mdev+", parent, item))
+        _lock.crash_point("vfio-mdev-created")
 
     def remove_mdev(self, parent, item):
         self._remove(item)
@@ -513,6 +554,7 @@ def run_pci(module, sysfs, params, result, files, mover):
                              f"modprobe it first")
     before = {a: dict(devices[a]) for a in the_plan["devices"]}
     planned = {c["address"]: c["after"] for c in the_plan["changes"]}
+    _lock.pause_point("vfio-planned")
     after = {}
     for address in the_plan["devices"]:
         dev = devices[address]
@@ -524,6 +566,8 @@ def run_pci(module, sysfs, params, result, files, mover):
             after[address] = mover.bind(dev)
         else:
             after[address] = mover.release(dev, params["driver"])
+    if not module.check_mode and the_plan["changes"]:
+        _lock.crash_point("vfio-moved")
     for address in the_plan["devices"]:
         path = os.path.join(params["driverctl_dir"], vfio.driverctl_file(address))
         if state == "unbound":
@@ -614,12 +658,14 @@ def main():
     mover = Mover(sysfs)
     result = {"changed": False, "changes": [], "files": {"written": [], "removed": []}}
     try:
-        if params["mdev"]:
-            live_checks(module, sysfs, params, False)
-            run_mdev(module, sysfs, params, result, files, mover)
-        else:
-            run_pci(module, sysfs, params, result, files, mover)
-    except (vfio.VfioError, OSError) as exc:
+        # one run at a time per sysfs tree: two reading the same devices would both move them
+        with _lock.held("vfio", sysfs.real, f"vfio_bind {params['device']} {params['state']}"):
+            if params["mdev"]:
+                live_checks(module, sysfs, params, False)
+                run_mdev(module, sysfs, params, result, files, mover)
+            else:
+                run_pci(module, sysfs, params, result, files, mover)
+    except (vfio.VfioError, _lock.LockError, OSError) as exc:
         moved = bool(mover.journal)
         files.rollback()
         left = mover.rollback()

@@ -19,6 +19,7 @@ a vGPU-capable card offering mdev types (20).
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import json
 import os
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -100,6 +102,27 @@ def vfio_bind(sysfs, *extra, **args):
     rc, result = run_module(MODULE, dict({"sysfs_root": sysfs.path}, **args), *extra, check=False)
     result["failed"] = rc != 0
     return result
+
+
+def vfio_bind_env(sysfs, env, **args):
+    """The module's result when run with *env* (a crash or pause point)."""
+    rc, result = run_module(MODULE, dict({"sysfs_root": sysfs.path}, **args), check=False, env=env)
+    result["failed"] = rc != 0
+    return result
+
+
+def killed_at(sysfs, point, **args):
+    result = vfio_bind_env(sysfs, {"REPLICA_CRASH_AT": point}, **args)
+    assert result["failed"] and "Killed" in result.get("module_stderr", ""), result
+    return result
+
+
+def notes(sysfs):
+    """The module's notes of devices it left unprobed in this tree (see _vfio.pending_name)."""
+    from ansible_collections.replica.cloud.plugins.module_utils import _vfio  # pylint: disable=import-outside-toplevel
+    folder = _vfio.PENDING_DIR
+    mine = _vfio.pending_name(os.path.realpath(sysfs.path), "")
+    return sorted(n for n in os.listdir(folder) if n.startswith(mine)) if os.path.isdir(folder) else []
 
 
 def vfio_bind_diff(sysfs, check_mode=False, **args):
@@ -358,3 +381,61 @@ def test_sysfs_root_that_is_not_sysfs():
     with tempfile.TemporaryDirectory() as empty:
         rc, result = run_module(MODULE, {"device": "10de:2684", "sysfs_root": empty}, check=False)
         assert rc != 0 and "is sysfs_root" in result["msg"]
+
+
+@pytest.mark.parametrize("point", ["vfio-unbound", "vfio-moved"])
+def test_killed_while_binding_then_converges(sysfs, confdirs, point):
+    """Killed after the GPU left its host driver (before the probe), or after the group moved
+    (before the driverctl definitions): the re-run finishes, the one after changes nothing."""
+    args = {"device": GPU, "iommu_group": "whole", "persist": True, "driverctl_dir": confdirs["driverctl_dir"]}
+    killed_at(sysfs, point, **args)
+    if point == "vfio-unbound":
+        assert state(sysfs, GPU) == (None, "vfio-pci") and os.listdir(confdirs["driverctl_dir"]) == []
+    else:
+        assert state(sysfs, AUDIO) == ("vfio-pci", "vfio-pci") and os.listdir(confdirs["driverctl_dir"]) == []
+    result = vfio_bind(sysfs, **args)
+    assert not result["failed"] and result["changed"], result
+    assert state(sysfs, GPU) == state(sysfs, AUDIO) == ("vfio-pci", "vfio-pci")
+    assert sorted(os.listdir(confdirs["driverctl_dir"])) == [f"pci-{GPU}", f"pci-{AUDIO}"]
+    assert not vfio_bind(sysfs, **args)["changed"]
+
+
+def test_killed_while_returning_a_device_then_converges(sysfs):
+    """Killed between the GPU's unbind from vfio-pci and its probe: it has no driver and no
+    override, which reads as "no driver takes it"; the run's note makes the re-run probe it (before
+    the note, the re-run said ok and the GPU stayed without a driver)."""
+    before = tree(sysfs)
+    vfio_bind(sysfs, device=GPU, iommu_group="whole")
+    killed_at(sysfs, "vfio-released", device=GPU, iommu_group="whole", state="unbound")
+    assert state(sysfs, GPU) == (None, "(null)") and len(notes(sysfs)) == 1
+    result = vfio_bind(sysfs, device=GPU, iommu_group="whole", state="unbound")
+    assert not result["failed"] and {c["address"] for c in result["changes"]} == {GPU, AUDIO}, result
+    assert tree(sysfs) == before and notes(sysfs) == []
+    assert not vfio_bind(sysfs, device=GPU, iommu_group="whole", state="unbound")["changed"]
+
+
+def test_killed_between_two_mediated_devices_then_converges(sysfs, confdirs):
+    items = [{"type": "nvidia-558", "uuid": UUID1}, {"type": "nvidia-558", "uuid": UUID2}]
+    args = {"device": VGPU, "mdev": items, "persist": True, "mdevctl_dir": confdirs["mdevctl_dir"]}
+    killed_at(sysfs, "vfio-mdev-created", **args)
+    assert tree(sysfs)[1] == [UUID1]
+    result = vfio_bind(sysfs, **args)
+    assert not result["failed"] and [c["uuid"] for c in result["changes"]] == [UUID2], result
+    assert tree(sysfs)[1] == sorted([UUID1, UUID2])
+    assert sorted(os.listdir(os.path.join(confdirs["mdevctl_dir"], VGPU))) == sorted([UUID1, UUID2])
+    assert not vfio_bind(sysfs, **args)["changed"]
+
+
+def test_two_runs_at_once_one_moves_and_the_other_waits(sysfs):
+    """The first run is held (a pause point) after planning and before moving; the second starts
+    meanwhile. Without the lock the second moved the group first and the first, unbinding the GPU
+    from a driver it had left, failed."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        held = pool.submit(vfio_bind_env, sysfs, {"REPLICA_PAUSE_AT": "vfio-planned", "REPLICA_PAUSE_SECONDS": "3"},
+                           device=GPU, iommu_group="whole")
+        time.sleep(1.5)
+        second = pool.submit(vfio_bind_env, sysfs, {}, device=GPU, iommu_group="whole")
+        first, other = held.result(), second.result()
+    assert not first["failed"] and not other["failed"], (first, other)
+    assert first["changed"] and not other["changed"]
+    assert state(sysfs, GPU) == state(sysfs, AUDIO) == ("vfio-pci", "vfio-pci")

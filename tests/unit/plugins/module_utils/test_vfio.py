@@ -109,6 +109,20 @@ def test_unbound_plans():
     assert len(vfio.plan([GPU], devices, groups, "unbound", "strict")["changes"]) == 1
 
 
+def test_a_device_left_unprobed_by_a_killed_run_is_a_change():
+    """Without a driver and not held for vfio-pci reads as "no loaded driver takes it" (no change),
+    unless the killed run's note says it was between its unbind from vfio-pci and its probe."""
+    devices, groups = group_of(dev(GPU, None), dev(AUDIO, None))
+    assert vfio.plan([GPU], devices, groups, "unbound", "whole")["changes"] == []
+    devices[GPU]["pending"] = devices[AUDIO]["pending"] = True
+    whole = vfio.plan([GPU], devices, groups, "unbound", "whole")
+    assert whole["devices"] == [GPU, AUDIO] and len(whole["changes"]) == 2
+    # on the named driver but its override still set (killed before clearing it): a change
+    devices, groups = group_of(dev(GPU, "nouveau", "nouveau"))
+    assert len(vfio.plan([GPU], devices, groups, "unbound", "strict", driver="nouveau")["changes"]) == 1
+    assert vfio.pending_name("/sys", GPU).endswith("-" + GPU) and vfio.pending_name("/sys", GPU) != vfio.pending_name("/tmp/sys", GPU)
+
+
 def test_unbound_whole_leaves_host_driver_members():
     devices, groups = group_of(dev(GPU, "vfio-pci", "vfio-pci"), dev(AUDIO, "snd_hda_intel"))
     assert vfio.plan([GPU], devices, groups, "unbound", "whole")["devices"] == [GPU]
