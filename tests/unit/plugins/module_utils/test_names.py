@@ -286,5 +286,7 @@ def test_the_roles_install_every_module_util_their_code_imports():
     assert _closure([TOP / "roles/containers/files/replica_machine.py"]) <= set(copied), copied
     tasks = yaml.safe_load((TOP / "roles/apt_repo/tasks/main.yml").read_text())
     loop = next(t["loop"] for t in tasks if t.get("name") == "Install the deb_repo module and the pipeline")
+    assert loop == "{{ apt_repo_program_files }}", loop
+    loop = yaml.safe_load((TOP / "roles/apt_repo/vars/main.yml").read_text())["apt_repo_program_files"]
     copied = {os.path.basename(item["dest"]) for item in loop if "module_utils" in item["dest"]}
     assert _closure([TOP / "plugins/modules/deb_repo.py", TOP / "roles/apt_repo/files/replica_apt_pipeline.py"]) <= copied, copied
