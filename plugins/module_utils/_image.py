@@ -97,6 +97,15 @@ def sources_text(sources, host_codename, suite):
     return text
 
 
+def scratch_names(name, disk=False):
+    """What a build of image *name* makes in the images folder before it publishes the image (and,
+    for a tree, the image it replaces while the new one is renamed in): a run killed midway leaves
+    them, and the next run, holding the image's lock, removes them."""
+    if disk:
+        return [f".{name}.tree"] + [f".{name}{ext}.partial" for ext in (".raw", ".vmlinuz", ".initrd.img")]
+    return [f".{name}.partial", f".{name}.old"]
+
+
 def mmdebstrap_argv(suite, packages, dest, aptopts=()):
     """The command that builds the image into the existing folder *dest*."""
     if not _SUITE_RE.match(suite or ""):

@@ -19,6 +19,11 @@ description:
   - The image is rebuilt only when what it is built from changes (suite, packages, APT sources)
     or with O(state=refreshed); machines already forked from it keep their own copy.
   - A failed build leaves nothing behind, and the image it was to replace stays.
+  - Killed at any point (C(kill -9)), a re-run converges: one run at a time builds an image (a lock per image in
+    C(/run/replica/locks); another run waits for it, up to an hour, then fails naming the holder), and the next run
+    removes what a killed one left (its C(.NAME.partial) build, or the C(.NAME.old) image it was replacing) and builds
+    again unless the image in place is current. Killed in the moment between moving the old image aside and renaming
+    the new one in, the image is missing and the re-run builds it.
   - "With O(format=disk) the image is a VM disk instead: the same root file system as one raw
     ext4 disk image O(images_dir)/O(name).raw of O(size) (sparse), with the kernel and initrd of
     its kernel package unpacked beside it as O(name).vmlinuz and O(name).initrd.img, ready for
@@ -123,6 +128,12 @@ packages:
   returned: when present
   type: list
   elements: str
+leftovers:
+  description: What a run killed midway had left (a partial build, the image it was replacing), removed by this run.
+  returned: when there were some
+  type: list
+  elements: str
+  sample: [/var/lib/machines/.images/.debian-12.partial]
 build_seconds:
   description: How long the build took (when built).
   returned: when built
@@ -191,6 +202,14 @@ def main():
         locks.enter_context(_lock.held("image", os.path.join(os.path.abspath(images_dir), name),
                                        f"machine_image {params['state']} {name}", wait=IMAGE_LOCK_WAIT))
         size = img.disk_size(params["size"]) if disk else None
+        # a killed run's scratch (its partial build, the image it was replacing): this run holds the
+        # image's lock, so no live run is using them
+        leftovers = [p for p in (os.path.join(images_dir, n) for n in img.scratch_names(name, disk)) if os.path.lexists(p)]
+        if leftovers:
+            result.update(changed=True, leftovers=leftovers)
+            if not module.check_mode:
+                for leftover in leftovers:
+                    cow.remove_tree(leftover, lambda argv: run(argv, check=False))
         record = None
         if os.path.exists(record_path):
             with open(record_path, encoding="utf-8") as handle:
@@ -219,7 +238,7 @@ def main():
         built = os.path.isfile(path) and os.path.isfile(boot["kernel"]) if disk else os.path.isdir(path)
         current = built and record is not None and record.get("key") == key
         build = params["state"] == "refreshed" or not current
-        result["changed"] = build
+        result["changed"] = build or bool(leftovers)
         if module._diff:
             result["diff"] = {"before": {"key": (record or {}).get("key"), "packages": (record or {}).get("packages")},
                               "after": {"key": key, "packages": packages}}
@@ -258,10 +277,12 @@ def main():
                 os.utime(lists, (0, 0))
             if on_btrfs:
                 run(["btrfs", "property", "set", "-ts", partial, "ro", "true"])
+            _lock.crash_point("image-built")
             old = os.path.join(images_dir, f".{name}.old")
             cow.remove_tree(old, lambda argv: run(argv, check=False))
             if os.path.lexists(path):
                 os.rename(path, old)
+                _lock.crash_point("image-swapping")
             os.rename(partial, path)
             cow.remove_tree(old, lambda argv: run(argv, check=False))
         except (img.ImageError, OSError):
@@ -283,10 +304,10 @@ def write_record(record_path, key, suite, packages, seconds, **extra):
 def build_disk(run, images_dir, name, suite, packages, sources, aptopts, size, boot):
     """Build the root file system in a scratch folder, make it a sparse ext4 disk image and
     unpack its kernel and initrd; publish all three by rename, or leave nothing."""
-    tree = os.path.join(images_dir, f".{name}.tree")
+    scratch = [os.path.join(images_dir, n) for n in img.scratch_names(name, disk=True)]
+    tree = scratch[0]
     outputs = {"path": os.path.join(images_dir, f"{name}.raw"), **boot}
-    partial = {what: os.path.join(images_dir, "." + os.path.basename(final) + ".partial")
-               for what, final in outputs.items()}
+    partial = dict(zip(("path", "kernel", "initrd"), scratch[1:]))
 
     def clean():
         cow.remove_tree(tree, lambda argv: run(argv, check=False))

@@ -45,3 +45,14 @@ def test_host_aptopts_are_the_acquire_files_without_hooks(tmp_path):
     found = img.read_host_aptopts(str(tmp_path))
     assert [path.rsplit("/", 1)[1] for path, _text in found] == ["01proxy"]
     assert img.read_host_aptopts(str(tmp_path / "missing")) == []
+
+
+def test_scratch_names_are_hidden_and_never_an_image():
+    """What a killed build leaves, removed by the next run: dot-names, so never an image's name
+    (check_name refuses a leading dot) and never listed as an image."""
+    tree, disk = img.scratch_names("debian-12"), img.scratch_names("debian-12", disk=True)
+    assert tree == [".debian-12.partial", ".debian-12.old"]
+    assert disk == [".debian-12.tree", ".debian-12.raw.partial", ".debian-12.vmlinuz.partial", ".debian-12.initrd.img.partial"]
+    for name in tree + disk:
+        with pytest.raises(img.ImageError):
+            img.check_name(name)
