@@ -19,11 +19,11 @@ description:
   - The image is rebuilt only when what it is built from changes (suite, packages, APT sources)
     or with O(state=refreshed); machines already forked from it keep their own copy.
   - A failed build leaves nothing behind, and the image it was to replace stays.
-  - Killed at any point (C(kill -9)), a re-run converges: one run at a time builds an image (a lock per image in
+  - "Killed at any point (C(kill -9)), a re-run converges: one run at a time builds an image (a lock per image in
     C(/run/replica/locks); another run waits for it, up to an hour, then fails naming the holder), and the next run
     removes what a killed one left (its C(.NAME.partial) build, or the C(.NAME.old) image it was replacing) and builds
     again unless the image in place is current. Killed in the moment between moving the old image aside and renaming
-    the new one in, the image is missing and the re-run builds it.
+    the new one in, the image is missing and the re-run builds it."
   - "With O(format=disk) the image is a VM disk instead: the same root file system as one raw
     ext4 disk image O(images_dir)/O(name).raw of O(size) (sparse), with the kernel and initrd of
     its kernel package unpacked beside it as O(name).vmlinuz and O(name).initrd.img, ready for
