@@ -110,6 +110,21 @@ UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".automount
                  ".slice", ".scope", ".device")
 
 
+def template_pattern(unit):
+    """For a template unit (``a@.service``) the pattern of its instances (``a@*.service``), else
+    None. systemd loads no template on its own: what it has read of one is what its loaded
+    instances have read (an instance loaded later reads the template and its drop-ins from disk)."""
+    stem, dot, suffix = unit.rpartition(".")
+    if dot and stem.endswith("@") and len(stem) > 1:
+        return f"{stem}*.{suffix}"
+    return None
+
+
+def loaded_units(listing):
+    """The unit names of ``systemctl list-units --all --plain --no-legend --full`` output."""
+    return [line.replace("\u25cf", " ").split()[0] for line in listing.splitlines() if line.replace("\u25cf", " ").strip()]
+
+
 def _names_of(unit):
     """The names whose files and drop-in folders systemd reads for *unit*: itself, its template
     (``a@.service`` for ``a@b.service``), the dash prefixes (``a-.service`` for ``a-b.service``)

@@ -20,7 +20,11 @@ description:
 author: replica.cloud contributors (@replica-cloud)
 options:
   name:
-    description: The unit, for example C(replica-dnsmasq@lan.service).
+    description:
+      - The unit, for example C(replica-dnsmasq@lan.service).
+      - "A template (C(systemd-nspawn@.service)) with O(state=loaded) only: systemd loads no template
+        on its own, so each of its loaded instances is asked (an instance loaded later reads the
+        template and its drop-ins from disk)."
     type: str
     required: true
   paths:
@@ -80,6 +84,12 @@ EXAMPLES = r"""
     paths: [/etc/systemd/system/apt-daily.timer.d/50-replica.conf]
     state: loaded
 
+- name: Machines started from now on get the template's new drop-in
+  replica.cloud.service_config:
+    name: systemd-nspawn@.service
+    paths: [/etc/systemd/system/systemd-nspawn@.service.d/50-replica-gpu.conf]
+    state: loaded
+
 - name: A socket-activated proxy that runs is restarted when older than its unit; a stopped one is left
   replica.cloud.service_config:
     name: replica-proxy-unbound-0.service
@@ -108,16 +118,33 @@ PROPS = ("LoadState", "ActiveState", "InvocationID", "NeedDaemonReload", "Active
          "FragmentPath", "DropInPaths")
 
 
-def show(module, systemctl, unit):
+def show(module, systemctl, unit, strict=True):
     rc, out, err = module.run_command([systemctl, "show", "--property=" + ",".join(PROPS), "--", unit],
                                       environ_update=ENV)
     if rc != 0:
         module.fail_json(msg=f"systemctl show {unit} failed: {(err or out).strip()}")
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    if props.get("LoadState") in ("not-found", "masked", "bad-setting", "error"):
+    if strict and props.get("LoadState") in ("not-found", "masked", "bad-setting", "error"):
         module.fail_json(msg=f"unit {unit} is {props['LoadState']}: install (or unmask, or fix) it before "
                              f"asking it to apply its configuration")
     return props
+
+
+def template_loaded(module, systemctl, pattern, present):
+    """``(reason, steps)`` for a template: a daemon-reload when one of its loaded instances has not
+    read its current files."""
+    rc, out, err = module.run_command([systemctl, "list-units", "--all", "--plain", "--no-legend", "--full", "--",
+                                       pattern], environ_update=ENV)
+    if rc != 0:
+        module.fail_json(msg=f"systemctl list-units {pattern} failed: {(err or out).strip()}")
+    for instance in live.loaded_units(out):
+        props = show(module, systemctl, instance, strict=False)
+        if props.get("LoadState") != "loaded":
+            continue  # a masked or broken instance reads nothing
+        reason, dummy = live.decide(props, "loaded", "leave", "", 0, None, 0.0, live.unread(props, instance, present))
+        if reason:
+            return f"{instance}: {reason}", ["daemon-reload"]
+    return None, []
 
 
 def read_stamp(path):
@@ -143,13 +170,20 @@ def main():
     systemctl = module.get_bin_path("systemctl")
     if not systemctl:
         module.fail_json(msg="systemctl is not on the target: this module needs systemd")
-    props = show(module, systemctl, unit)
+    pattern = live.template_pattern(unit)
+    if pattern and state != "loaded":
+        module.fail_json(msg=f"{unit} is a template: only state=loaded checks one (what its instances have read); "
+                             f"name an instance to restart or reload it")
     content_digest, newest = live.digest(paths)
-    stamp_file = live.stamp_path(unit)
-    started = live.started_at(int(props.get("ActiveEnterTimestampMonotonic") or 0), time.monotonic(), time.time())
     present = [path for path, kind in live.files_of(paths) if kind == "file"]
-    reason, steps = live.decide(props, state, module.params["inactive"], content_digest, newest,
-                                read_stamp(stamp_file), started, live.unread(props, unit, present))
+    if pattern:
+        reason, steps = template_loaded(module, systemctl, pattern, present)
+    else:
+        props = show(module, systemctl, unit)
+        stamp_file = live.stamp_path(unit)
+        started = live.started_at(int(props.get("ActiveEnterTimestampMonotonic") or 0), time.monotonic(), time.time())
+        reason, steps = live.decide(props, state, module.params["inactive"], content_digest, newest,
+                                    read_stamp(stamp_file), started, live.unread(props, unit, present))
     result = {"changed": bool(reason), "reason": reason or ""}
     if module.check_mode:
         module.exit_json(**result)

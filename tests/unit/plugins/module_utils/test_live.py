@@ -123,3 +123,17 @@ def test_decide_reads_unread_files_first():
     # a running service whose new drop-in systemd has not read is reloaded and restarted
     assert live.decide(ACTIVE, "restarted", "start", "d", 0, None, 1.0, dropin) == \
         (f"systemd has not read {dropin[0]}", ["daemon-reload", "restart"])
+
+
+def test_a_template_is_asked_about_through_its_loaded_instances():
+    assert live.template_pattern("systemd-nspawn@.service") == "systemd-nspawn@*.service"
+    for unit in ("systemd-nspawn@web1.service", "apt-daily.timer", "@.service", "replica-machine-prepare@"):
+        assert live.template_pattern(unit) is None
+    listing = ("systemd-nspawn@web1.service loaded active running Container web1\n"
+               "\u25cf systemd-nspawn@db1.service loaded failed failed Container db1\n\n")
+    assert live.loaded_units(listing) == ["systemd-nspawn@web1.service", "systemd-nspawn@db1.service"]
+    # an instance's files are the template's and its drop-ins: a new drop-in of the template is unread
+    dropin = "/etc/systemd/system/systemd-nspawn@.service.d/50-replica-gpu.conf"
+    props = {"FragmentPath": "/lib/systemd/system/systemd-nspawn@.service", "DropInPaths": ""}
+    assert live.unread(props, "systemd-nspawn@web1.service", [dropin]) == [dropin]
+    assert live.unread(dict(props, DropInPaths=dropin), "systemd-nspawn@web1.service", [dropin]) == []
