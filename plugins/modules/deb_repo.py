@@ -33,8 +33,10 @@ description:
     still gets the files it lists. A lock (C(.deb_repo.lock), an C(flock); made without a race
     and never rolled back) keeps two runs from interleaving; a run waits up to 600 s, then fails
     naming the holder. Killed at any point (C(kill -9)), clients still see
-    the old or the new index (the switch is one rename) and a re-run converges; generation
-    folders a killed run left are removed at the next switch."
+    the old or the new index (the switch is one rename) and a re-run converges: it publishes what
+    the killed run did not, or, when nothing is left to publish, removes what the killed run left
+    (index folders other than the published one, and the pool files no suite lists), returned
+    as RV(leftovers)."
   - Nothing is written when nothing changes, and after an error the repository is exactly as it
     was.
   - Each package's C(Packages) paragraph is generated once, when it is added (one
@@ -243,6 +245,12 @@ removed:
   returned: always
   type: list
   elements: dict
+leftovers:
+  description: What a killed run had left (paths relative to O(path)), removed by this run, which had nothing else to publish.
+  returned: when there were some
+  type: list
+  elements: str
+  sample: [dists/.bookworm.3, pool/main/h/hello/hello_1.0-1_all.deb]
 inrelease:
   description: The path of the suite's signed C(InRelease).
   returned: always
@@ -853,6 +861,37 @@ def run(module, tools, root, params, result, items, specs, component, key, setti
                           "before_header": f"{params['suite']} packages", "after_header": f"{params['suite']} packages"}
     if changed and not module.check_mode:
         publish(module, tools, root, suite, the_plan, settings, suffixes, key["fingerprint"], changes)
+    elif not changed:
+        left = leftovers(root, suite)
+        if left:
+            result.update(changed=True, leftovers=[os.path.relpath(p, root) for p in left])
+            if not module.check_mode:
+                for path in left:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+
+
+def leftovers(root, suite):
+    """What a killed publication of *suite* left, when nothing is to publish: index folders other
+    than the published one and the switch's temporary link, and then (only then: a kill before
+    the switch leaves an index folder too) pool files no suite lists. The next publication would
+    remove the folders; a run with nothing to publish removes them too, so that a re-run after
+    ``kill -9`` leaves the tree as a run that was not killed."""
+    folders = [suite.version_dir(g) for g in suite.generations() if g != suite.generation]
+    link = os.path.join(suite.dists, f".{suite.name}.link")
+    found = folders + ([link] if os.path.lexists(link) else [])
+    if not folders:
+        return found
+    listed = {r["filename"] for r in suite.records} | other_references(root, suite.name)
+    pool = os.path.join(root, "pool")
+    for folder, dummy, files in os.walk(pool):
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), root)
+            if rel not in listed:
+                found.append(os.path.join(root, rel))
+    return found
 
 
 def check_options(params):
@@ -901,7 +940,9 @@ def publish(module, tools, root, suite, the_plan, settings, suffixes, fingerprin
         sync_fs(new_dir)
     for folder in {os.path.dirname(os.path.join(root, i["filename"])) for i in added}:
         fsync_path(folder, directory=True)
+    _lock.crash_point("debrepo-written")
     switch(suite, generation, changes)
+    _lock.crash_point("debrepo-switched")
     try:
         clean_up(module, root, suite, generation, the_plan["removed"], the_plan["after"])
     except OSError as exc:  # published all the same: say what is left over

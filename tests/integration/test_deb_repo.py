@@ -532,6 +532,41 @@ def test_two_first_runs_at_once_both_land(tmp_path, key):
     assert names(final) == [("first0", "1.0", "all"), ("first1", "1.0", "all")]
 
 
+@pytest.mark.parametrize("point", ["debrepo-written", "debrepo-switched"])
+def test_killed_before_or_after_the_switch_then_a_rerun_converges(tmp_path, key, point):
+    """Version 2.0 replaces 1.0 (keep_versions 1), killed with the new index written but not
+    switched to, or switched to but not cleaned up after: apt sees the old or the new suite whole;
+    the re-run publishes what is missing, or removes the old index folder and 1.0's pool file;
+    the run after it changes nothing, and the tree is that of a run that was not killed."""
+    repo, clean = tmp_path / "repo", tmp_path / "clean"
+    old, new = build_deb(tmp_path, "hello", "1.0-1"), build_deb(tmp_path, "hello", "2.0-1")
+    for where in (repo, clean):
+        publish(where, key, [old])
+    publish(clean, key, [new], keep_versions=1)
+    args = {"path": str(repo), "suite": SUITE, "architectures": [NATIVE, "all"], "signing_key": key.fingerprint,
+            "gnupg_home": key.home, "packages": [new], "keep_versions": 1}
+    rc, result = run_module(MODULE, args, check=False, env={"REPLICA_CRASH_AT": point})
+    assert rc != 0 and "Killed" in result.get("module_stderr", ""), result
+    apt = fresh_apt(tmp_path, repo, key.public)
+    assert apt.update()[0] == 0
+    assert apt.candidate("hello") == ("1.0-1" if point == "debrepo-written" else "2.0-1")
+    assert len([n for n in os.listdir(repo / "dists") if n.startswith(f".{SUITE}.")]) == 2  # a folder left
+
+    again = publish(repo, key, [new], keep_versions=1)
+    assert again["changed"] is True
+    if point == "debrepo-written":
+        assert names(again, "added") == [("hello", "2.0-1", "all")] and "leftovers" not in again
+    else:
+        assert again["added"] == [] and "pool/main/h/hello/hello_1.0-1_all.deb" in again["leftovers"], again
+    assert publish(repo, key, [new], keep_versions=1)["changed"] is False
+    def files(root):
+        return sorted(p for p in tree_state(root) if p.startswith("pool/") or "/" not in p)
+    assert files(repo) == files(clean)
+    assert len([n for n in os.listdir(repo / "dists") if n.startswith(f".{SUITE}.")]) == 1
+    apt = fresh_apt(tmp_path, repo, key.public)
+    assert apt.update()[0] == 0 and apt.candidate("hello") == "2.0-1"
+
+
 def test_two_suites_share_the_pool(tmp_path, key):
     repo = tmp_path / "repo"
     hello = build_deb(tmp_path, "hello", "1.0-1")
