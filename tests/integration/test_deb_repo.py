@@ -559,6 +559,7 @@ def test_killed_before_or_after_the_switch_then_a_rerun_converges(tmp_path, key,
     else:
         assert again["added"] == [] and "pool/main/h/hello/hello_1.0-1_all.deb" in again["leftovers"], again
     assert publish(repo, key, [new], keep_versions=1)["changed"] is False
+
     def files(root):
         return sorted(p for p in tree_state(root) if p.startswith("pool/") or "/" not in p)
     assert files(repo) == files(clean)
