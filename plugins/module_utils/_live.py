@@ -122,7 +122,8 @@ def template_pattern(unit):
 
 def loaded_units(listing):
     """The unit names of ``systemctl list-units --all --plain --no-legend --full`` output."""
-    return [line.replace("\u25cf", " ").split()[0] for line in listing.splitlines() if line.replace("\u25cf", " ").strip()]
+    rows = (line.replace("\u25cf", " ").split() for line in listing.splitlines())
+    return [row[0] for row in rows if row]
 
 
 def _names_of(unit):

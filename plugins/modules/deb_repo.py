@@ -458,6 +458,10 @@ class Suite:
     def version_dir(self, generation):
         return os.path.join(self.dists, f".{self.name}.{generation}")
 
+    def other_versions(self, generation):
+        """The index folders of this suite in dists other than generation *generation*'s."""
+        return [self.version_dir(g) for g in self.generations() if g != generation]
+
     def generations(self):
         """The generation folders of this suite in dists (the published one and leftovers)."""
         prefix = f".{self.name}."
@@ -727,9 +731,8 @@ def switch(suite, generation, changes):
 
 def clean_up(module, root, suite, generation, removed, after):
     """After the switch: the old index folders, and the pool files no suite lists any more."""
-    for old in suite.generations():
-        if old != generation:
-            shutil.rmtree(suite.version_dir(old), ignore_errors=True)
+    for old in suite.other_versions(generation):
+        shutil.rmtree(old, ignore_errors=True)
     if not removed:
         return
     keep = {r["filename"] for r in after} | other_references(root, suite.name)
@@ -879,7 +882,7 @@ def leftovers(root, suite):
     the switch leaves an index folder too) pool files no suite lists. The next publication would
     remove the folders; a run with nothing to publish removes them too, so that a re-run after
     ``kill -9`` leaves the tree as a run that was not killed."""
-    folders = [suite.version_dir(g) for g in suite.generations() if g != suite.generation]
+    folders = suite.other_versions(suite.generation)
     link = os.path.join(suite.dists, f".{suite.name}.link")
     found = folders + ([link] if os.path.lexists(link) else [])
     if not folders:

@@ -259,8 +259,8 @@ def main():
         if not on_btrfs and not cow.can_reflink(images_dir):
             raise img.ImageError(f"{images_dir} is on {cow.fstype(images_dir)}, without copy-on-write: machines "
                                  f"forked from it would be full copies. Put images_dir on btrfs or xfs (reflink=1)")
-        partial = os.path.join(images_dir, f".{name}.partial")
-        cow.remove_tree(partial, lambda argv: run(argv, check=False))
+        # both were removed above, with the other leftovers of a killed run
+        partial, old = (os.path.join(images_dir, n) for n in img.scratch_names(name))
         if on_btrfs:
             run(["btrfs", "subvolume", "create", partial])
         else:
@@ -278,8 +278,6 @@ def main():
             if on_btrfs:
                 run(["btrfs", "property", "set", "-ts", partial, "ro", "true"])
             _lock.crash_point("image-built")
-            old = os.path.join(images_dir, f".{name}.old")
-            cow.remove_tree(old, lambda argv: run(argv, check=False))
             if os.path.lexists(path):
                 os.rename(path, old)
                 _lock.crash_point("image-swapping")

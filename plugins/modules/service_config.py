@@ -174,11 +174,11 @@ def main():
     if pattern and state != "loaded":
         module.fail_json(msg=f"{unit} is a template: only state=loaded checks one (what its instances have read); "
                              f"name an instance to restart or reload it")
-    content_digest, newest = live.digest(paths)
     present = [path for path, kind in live.files_of(paths) if kind == "file"]
     if pattern:
         reason, steps = template_loaded(module, systemctl, pattern, present)
     else:
+        content_digest, newest = live.digest(paths)
         props = show(module, systemctl, unit)
         stamp_file = live.stamp_path(unit)
         started = live.started_at(int(props.get("ActiveEnterTimestampMonotonic") or 0), time.monotonic(), time.time())
