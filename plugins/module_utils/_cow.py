@@ -5,7 +5,7 @@
 Standard library only, and no Ansible imports: the ``replica.cloud.cow_snapshot`` module and the
 ``replica-snapshot`` command the storage role installs for its timers share this file. Commands
 run through a *run* callable, ``run(argv) -> (rc, stdout, stderr)``, given by the caller (the
-module's ``run_command`` with ``LC_ALL=C``, or :func:`subprocess_runner`).
+``_runner.Runner`` of the module, or :data:`subprocess_runner` for the host tools).
 
 Each backend offers ``exists``, ``describe`` (what *dest* is: kind and source), ``snapshot``,
 ``fork``, ``remove`` and ``list_snapshots``; :func:`plan_dest` decides from ``describe`` whether
@@ -22,13 +22,13 @@ import os
 import shutil
 import stat
 import struct
-import subprocess
 import tempfile
 
 try:  # in a module, the collection's; in the host tools, the copy installed next to them
-    from ansible_collections.replica.cloud.plugins.module_utils import _lock
+    from ansible_collections.replica.cloud.plugins.module_utils import _lock, _runner
 except ImportError:  # pragma: no cover - the host tools' path
     import _lock  # pylint: disable=import-error
+    import _runner  # pylint: disable=import-error
 
 BTRFS_SUBVOLUME_INO = 256
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -41,10 +41,8 @@ class CowError(Exception):
     """Something the user has to fix; the message says what."""
 
 
-def subprocess_runner(argv):
-    env = dict(os.environ, LC_ALL="C", LANG="C")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
+#: ``run(argv) -> (rc, stdout, stderr)`` through subprocess, for the host tools (_runner's)
+subprocess_runner = _runner.Runner()
 
 
 def fstype(path):

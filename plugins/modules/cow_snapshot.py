@@ -62,6 +62,31 @@ options:
         Every snapshot no rule keeps is deleted. Names that are not C(<name>@YYYYMMDDTHHMMSSZ)
         are never touched."
     type: dict
+    suboptions:
+      hourly:
+        description: Calendar hours to keep a snapshot of (a count, or V(all)).
+        type: raw
+      daily:
+        description: Days to keep a snapshot of (a count, or V(all)).
+        type: raw
+      weekly:
+        description: ISO weeks to keep a snapshot of (a count, or V(all)).
+        type: raw
+      monthly:
+        description: Months to keep a snapshot of (a count, or V(all)).
+        type: raw
+      yearly:
+        description: Years to keep a snapshot of (a count, or V(all)).
+        type: raw
+      latest:
+        description: The newest snapshots kept whatever their age (default 1).
+        type: raw
+      min_age:
+        description: Snapshots younger than this are kept (seconds, or C(90m), C(36h), C(7d), C(2w)).
+        type: raw
+      timezone:
+        description: The IANA time zone the periods are cut in (default V(UTC)).
+        type: str
   backend:
     description: V(auto) detects it from O(src).
     type: str
@@ -170,8 +195,10 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
 from ansible_collections.replica.cloud.plugins.module_utils import _retention as retention
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 
-ENV = {"LC_ALL": "C", "LANG": "C"}
+RETENTION_OPTIONS = dict({key: {"type": "raw"} for key in retention.PERIODS + ("latest", "min_age")},
+                         timezone={"type": "str"})
 
 
 def plan(backend, state, src, dest):
@@ -220,7 +247,7 @@ def main():
             "src": {"type": "str", "required": True},
             "dest": {"type": "str"},
             "state": {"type": "str", "choices": ["snapshot", "fork", "absent", "pruned"], "default": "snapshot"},
-            "retention": {"type": "dict"},
+            "retention": {"type": "dict", "options": RETENTION_OPTIONS},
             "backend": {"type": "str", "choices": ["auto", "btrfs", "zfs", "reflink"], "default": "auto"},
             "snapshot_dir": {"type": "path"},
             "name": {"type": "str"},
@@ -233,9 +260,9 @@ def main():
     params = module.params
     state = params["state"]
 
-    def run(argv):
-        return module.run_command(argv, environ_update=ENV)
-
+    run = _runner.Runner(module)
+    if params["retention"] is not None:  # the keys given (suboptions fill the others with None)
+        params["retention"] = {key: value for key, value in params["retention"].items() if value is not None}
     result = {"changed": False, "deleted": [], "snapshots": []}
     try:
         src = cow.check_path("src", params["src"].rstrip("/") or "/")
@@ -245,10 +272,7 @@ def main():
         backend = cow.detect(src, run, params["backend"])
         result["backend"] = backend.name
         if backend.name in ("btrfs", "zfs"):
-            tool = module.get_bin_path(backend.name)
-            if not tool:
-                raise cow.CowError(f"{backend.name} is not installed on the target: install "
-                                   f"{'btrfs-progs' if backend.name == 'btrfs' else 'zfsutils-linux'}")
+            tool = run.bin(backend.name)
             if backend.name == "btrfs":
                 backend.btrfs = tool
             else:
@@ -302,8 +326,8 @@ def main():
                 elif action == "absent" and dest in names:
                     names.remove(dest)
                 result["snapshots"] = names
-    except (cow.CowError, retention.RetentionError, OSError) as exc:
-        module.fail_json(msg=str(exc), **result)
+    except (cow.CowError, retention.RetentionError, _runner.CommandError, OSError) as exc:
+        _runner.fail(module, exc, **result)
 
     if module._diff:
         existed = dest if dest and ((action is None) != (state == "absent")) else None

@@ -165,7 +165,7 @@ import signal
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _lock, _names, _network
+from ansible_collections.replica.cloud.plugins.module_utils import _addressing, _lock, _names, _network, _runner
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
 
 
@@ -181,8 +181,7 @@ def _segment_records(config_dir, segment):
 
 def _reload_dnsmasq(module, segment):
     unit = f"replica-dnsmasq@{segment}.service"
-    rc, out, _err = module.run_command(["systemctl", "show", "--property=MainPID", "--value", unit],
-                                       environ_update={"LC_ALL": "C"})
+    rc, out, _err = _runner.Runner(module).run(["systemctl", "show", "--property=MainPID", "--value", unit], check=False)
     pid = int(out.strip() or 0) if rc == 0 and out.strip().isdigit() else 0
     if pid:
         os.kill(pid, signal.SIGHUP)
@@ -226,9 +225,10 @@ def _sync_instance_sets(module, config_dir, result):
     result["diff"]["after"] += after
     if not module.check_mode:
         write_text(path, after)
-        rc, _out, _err = module.run_command(["systemctl", "is-active", "--quiet", "replica-firewall.service"])
+        runner = _runner.Runner(module)
+        rc, _out, _err = runner.run(["systemctl", "is-active", "--quiet", "replica-firewall.service"], check=False)
         if rc == 0:
-            rc, _out, err = module.run_command(["nft", "-f", path], environ_update={"LC_ALL": "C"})
+            rc, _out, err = runner.run(["nft", "-f", path], check=False)
             if rc != 0:
                 module.fail_json(msg=f"the instance sets in {path} do not load ({err.strip()}): converge the "
                                      f"replica.cloud.network role again to renew the firewall's sets", **result)
@@ -252,9 +252,10 @@ def main():
     params = module.params
     name, segment_name = params["name"], params["segment"]
     absent = params["state"] == "absent"
-    problem = _names.machine_name_problem(name)
-    if problem:
-        module.fail_json(msg=f"name {name!r} {problem}")
+    try:
+        _names.check_machine_name(name)
+    except _names.BadName as exc:
+        module.fail_json(msg=str(exc))
     text = read_text(os.path.join(params["config_dir"], "segments.json"))
     if text is None and absent:
         module.exit_json(changed=False, fqdn=None, zone=None, bridge=None, kind=None, link=None)   # no network role here: no name to remove
@@ -313,9 +314,10 @@ def main():
         result["diff"]["after"] += after
         if not module.check_mode:
             _write_in_place(avahi_path, after)
-            rc, _out, _err = module.run_command(["systemctl", "is-active", "--quiet", "avahi-daemon.service"])
+            rc, _out, _err = _runner.Runner(module).run(["systemctl", "is-active", "--quiet", "avahi-daemon.service"],
+                                                        check=False)
             if rc == 0:
-                module.run_command(["avahi-daemon", "--reload"], environ_update={"LC_ALL": "C"})
+                _runner.Runner(module).run(["avahi-daemon", "--reload"], check=False)
         return True
 
     if params["state"] == "absent":

@@ -150,8 +150,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
 from ansible_collections.replica.cloud.plugins.module_utils import _image as img
 from ansible_collections.replica.cloud.plugins.module_utils import _lock
-
-ENV = {"LC_ALL": "C", "LANG": "C"}
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 #: a build takes minutes: a second run waits this long for the first one
 IMAGE_LOCK_WAIT = 3600
 
@@ -180,11 +179,8 @@ def main():
     params = module.params
     name = params["name"]
 
-    def run(argv, check=True, data=None):
-        rc, out, err = module.run_command(argv, environ_update=ENV, data=data, binary_data=False)
-        if check and rc != 0:
-            raise img.ImageError(f"{' '.join(argv[:3])} ... failed (rc={rc}): {(err or out).strip()[-2000:]}")
-        return rc, out, err
+    runner = _runner.Runner(module)
+    run = runner.run
 
     images_dir = params["images_dir"]
     disk = params["format"] == "disk"
@@ -209,7 +205,7 @@ def main():
             result.update(changed=True, leftovers=leftovers)
             if not module.check_mode:
                 for leftover in leftovers:
-                    cow.remove_tree(leftover, lambda argv: run(argv, check=False))
+                    cow.remove_tree(leftover, runner)
         record = None
         if os.path.exists(record_path):
             with open(record_path, encoding="utf-8") as handle:
@@ -220,7 +216,7 @@ def main():
                 if module._diff:
                     result["diff"] = {"before": record or {}, "after": {}}
                 if not module.check_mode:
-                    cow.remove_tree(path, lambda argv: run(argv, check=False))
+                    cow.remove_tree(path, runner)
                     for leftover in [*boot.values(), record_path]:
                         if os.path.exists(leftover):
                             os.unlink(leftover)
@@ -244,8 +240,7 @@ def main():
                               "after": {"key": key, "packages": packages}}
         if not build or module.check_mode:
             module.exit_json(**result)
-        if shutil.which("mmdebstrap") is None:
-            raise img.ImageError("mmdebstrap is not installed on the host: install the mmdebstrap package")
+        runner.bin("mmdebstrap")
 
         os.makedirs(images_dir, 0o700, exist_ok=True)
         if disk:
@@ -282,14 +277,14 @@ def main():
                 os.rename(path, old)
                 _lock.crash_point("image-swapping")
             os.rename(partial, path)
-            cow.remove_tree(old, lambda argv: run(argv, check=False))
-        except (img.ImageError, OSError):
-            cow.remove_tree(partial, lambda argv: run(argv, check=False))
+            cow.remove_tree(old, runner)
+        except (img.ImageError, _runner.CommandError, OSError):
+            cow.remove_tree(partial, runner)
             raise
         result["build_seconds"] = round(time.monotonic() - started, 1)
         write_record(record_path, key, suite, packages, result["build_seconds"])
-    except (img.ImageError, cow.CowError, OSError, _lock.LockError) as exc:
-        module.fail_json(msg=str(exc), **result)
+    except (img.ImageError, cow.CowError, _runner.CommandError, OSError, _lock.LockError) as exc:
+        _runner.fail(module, exc, **result)
     module.exit_json(**result)
 
 
@@ -332,7 +327,7 @@ def build_disk(run, images_dir, name, suite, packages, sources, aptopts, size, b
                     os.unlink(final)
                 continue
             os.rename(partial[what], final)
-    except (img.ImageError, OSError):
+    except (img.ImageError, _runner.CommandError, OSError):
         clean()
         raise
     clean()

@@ -83,8 +83,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _live as live
-
-ENV = {"LC_ALL": "C", "LANG": "C"}
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 
 # run in a scratch network namespace: load the declared files, print their listing (two nft
 # runs: a listing inside the loading transaction does not see the rules yet)
@@ -103,22 +102,26 @@ print(json.dumps(out))
 """
 
 
-def live_table(module, nft, family, name):
+class TableError(Exception):
+    """A table that does not load or stay as declared; the message says what to fix."""
+
+
+def live_table(runner, nft, family, name):
     """``(json listing, text listing)`` of the live table, or ``(None, "")`` when it is not loaded."""
-    rc, out, dummy = module.run_command([nft, "-j", "-s", "list", "table", family, name], environ_update=ENV)
+    rc, out, dummy = runner.run([nft, "-j", "-s", "list", "table", family, name], check=False)
     if rc != 0:
         return None, ""
-    text = module.run_command([nft, "-s", "list", "table", family, name], environ_update=ENV)[1]
+    text = runner.run([nft, "-s", "list", "table", family, name], check=False)[1]
     return out, text
 
 
-def declared_table(module, nft, family, name, files):
-    unshare = module.get_bin_path("unshare", required=True)
-    rc, out, err = module.run_command([unshare, "--net", "--", sys.executable, "-c", SCRATCH, nft, family, name, *files],
-                                      environ_update=ENV)
-    if rc != 0:
-        module.fail_json(msg=f"the declared table {family} {name} does not load ({(err or out).strip()}): fix "
-                             f"{' or '.join(files)}; the live table was left as it is")
+def declared_table(runner, nft, family, name, files):
+    unshare = runner.bin("unshare")
+    try:
+        out = runner.run([unshare, "--net", "--", sys.executable, "-c", SCRATCH, nft, family, name, *files])[1]
+    except _runner.CommandError as exc:
+        raise TableError(f"the declared table {family} {name} does not load ({(exc.stderr or exc.stdout).strip()}): "
+                         f"fix {' or '.join(files)}; the live table was left as it is") from exc
     data = json.loads(out)
     return data["json"], data["text"]
 
@@ -136,46 +139,47 @@ def main():
         required_if=[("state", "present", ["path"])],
         supports_check_mode=True,
     )
+    result = {"changed": False, "reason": ""}
+    try:
+        converge(module, _runner.Runner(module), result)
+    except (TableError, _runner.CommandError) as exc:
+        _runner.fail(module, exc, **result)
+    module.exit_json(**result)
+
+
+def converge(module, runner, result):
     params = module.params
     family, name = params["family"], params["name"]
-    nft = module.get_bin_path("nft")
-    if not nft:
-        module.fail_json(msg="nft is not installed on the target: install the nftables package")
-    live_json, live_text = live_table(module, nft, family, name)
-    result = {"changed": False, "reason": ""}
+    nft = runner.bin("nft")
+    live_json, live_text = live_table(runner, nft, family, name)
     if params["state"] == "absent":
         declared_text = ""
         if live_json is not None:
             result.update(changed=True, reason="the table is loaded")
             if not module.check_mode:
-                rc, out, err = module.run_command([nft, "delete", "table", family, name], environ_update=ENV)
-                if rc != 0:
-                    module.fail_json(msg=f"nft delete table {family} {name} failed: {(err or out).strip()}", **result)
+                runner.change([nft, "delete", "table", family, name], f"nft delete table {family} {name}")
     else:
         files = [params["path"]] + ([params["sets_path"]] if params["sets_path"] else [])
-        declared_json, declared_text = declared_table(module, nft, family, name, files)
+        declared_json, declared_text = declared_table(runner, nft, family, name, files)
         if live_json is None:
             result.update(changed=True, reason="the table is not loaded")
         elif live.nft_normalize(live_json) != live.nft_normalize(declared_json):
             result.update(changed=True, reason="the live table differs from the declared one")
         if result["changed"] and not module.check_mode:
             if params["unit"]:
-                argv = [module.get_bin_path("systemctl", required=True), "reload-or-restart", params["unit"]]
+                argv = [runner.bin("systemctl"), "reload-or-restart", params["unit"]]
             else:
                 argv = [nft, "-f", params["path"]]
-            rc, out, err = module.run_command(argv, environ_update=ENV)
-            if rc == 0 and not params["unit"] and params["sets_path"]:
-                rc, out, err = module.run_command([nft, "-f", params["sets_path"]], environ_update=ENV)
-            if rc != 0:
-                module.fail_json(msg=f"loading the table failed ({' '.join(argv)}): {(err or out).strip()}", **result)
-            after_json = live_table(module, nft, family, name)[0]
+            runner.change(argv, f"loading the table ({' '.join(argv)})")
+            if not params["unit"] and params["sets_path"]:
+                runner.change([nft, "-f", params["sets_path"]], f"loading the table's sets ({params['sets_path']})")
+            after_json = live_table(runner, nft, family, name)[0]
             if after_json is None or live.nft_normalize(after_json) != live.nft_normalize(declared_json):
-                module.fail_json(msg=f"after {' '.join(argv)} the live table {family} {name} still differs from "
-                                     f"{params['path']}: does the unit load that file?", **result)
+                raise TableError(f"after {' '.join(argv)} the live table {family} {name} still differs from "
+                                 f"{params['path']}: does the unit load that file?")
     if module._diff:
         result["diff"] = {"before": live_text, "after": declared_text,
                           "before_header": f"live table {family} {name}", "after_header": "declared"}
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -112,33 +112,32 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _live as live
 from ansible_collections.replica.cloud.plugins.module_utils import _files as files
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 
-ENV = {"LC_ALL": "C", "LANG": "C"}
 PROPS = ("LoadState", "ActiveState", "InvocationID", "NeedDaemonReload", "ActiveEnterTimestampMonotonic",
          "FragmentPath", "DropInPaths")
 
 
-def show(module, systemctl, unit, strict=True):
-    rc, out, err = module.run_command([systemctl, "show", "--property=" + ",".join(PROPS), "--", unit],
-                                      environ_update=ENV)
-    if rc != 0:
-        module.fail_json(msg=f"systemctl show {unit} failed: {(err or out).strip()}")
+class UnitError(Exception):
+    """A unit that cannot apply its configuration; the message says what to fix."""
+
+
+def show(runner, systemctl, unit, strict=True):
+    out = runner.run([systemctl, "show", "--property=" + ",".join(PROPS), "--", unit], f"systemctl show {unit}")[1]
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     if strict and props.get("LoadState") in ("not-found", "masked", "bad-setting", "error"):
-        module.fail_json(msg=f"unit {unit} is {props['LoadState']}: install (or unmask, or fix) it before "
-                             f"asking it to apply its configuration")
+        raise UnitError(f"unit {unit} is {props['LoadState']}: install (or unmask, or fix) it before "
+                        f"asking it to apply its configuration")
     return props
 
 
-def template_loaded(module, systemctl, pattern, present):
+def template_loaded(runner, systemctl, pattern, present):
     """``(reason, steps)`` for a template: a daemon-reload when one of its loaded instances has not
     read its current files."""
-    rc, out, err = module.run_command([systemctl, "list-units", "--all", "--plain", "--no-legend", "--full", "--",
-                                       pattern], environ_update=ENV)
-    if rc != 0:
-        module.fail_json(msg=f"systemctl list-units {pattern} failed: {(err or out).strip()}")
+    out = runner.run([systemctl, "list-units", "--all", "--plain", "--no-legend", "--full", "--", pattern],
+                     f"systemctl list-units {pattern}")[1]
     for instance in live.loaded_units(out):
-        props = show(module, systemctl, instance, strict=False)
+        props = show(runner, systemctl, instance, strict=False)
         if props.get("LoadState") != "loaded":
             continue  # a masked or broken instance reads nothing
         reason, dummy = live.decide(props, "loaded", "leave", "", 0, None, 0.0, live.unread(props, instance, present))
@@ -166,45 +165,47 @@ def main():
         required_if=[("state", "restarted", ["paths"]), ("state", "reloaded", ["paths"])],
         supports_check_mode=True,
     )
+    result = {"changed": False, "reason": ""}
+    try:
+        converge(module, _runner.Runner(module), result)
+    except (UnitError, _runner.CommandError) as exc:
+        _runner.fail(module, exc, **result)
+    module.exit_json(**result)
+
+
+def converge(module, runner, result):
     unit, paths, state = module.params["name"], module.params["paths"] or [], module.params["state"]
-    systemctl = module.get_bin_path("systemctl")
-    if not systemctl:
-        module.fail_json(msg="systemctl is not on the target: this module needs systemd")
+    systemctl = runner.bin("systemctl", why="this module needs systemd")
     pattern = live.template_pattern(unit)
     if pattern and state != "loaded":
-        module.fail_json(msg=f"{unit} is a template: only state=loaded checks one (what its instances have read); "
-                             f"name an instance to restart or reload it")
+        raise UnitError(f"{unit} is a template: only state=loaded checks one (what its instances have read); "
+                        f"name an instance to restart or reload it")
     present = [path for path, kind in live.files_of(paths) if kind == "file"]
     if pattern:
-        reason, steps = template_loaded(module, systemctl, pattern, present)
+        reason, steps = template_loaded(runner, systemctl, pattern, present)
     else:
         content_digest, newest = live.digest(paths)
-        props = show(module, systemctl, unit)
+        props = show(runner, systemctl, unit)
         stamp_file = live.stamp_path(unit)
         started = live.started_at(int(props.get("ActiveEnterTimestampMonotonic") or 0), time.monotonic(), time.time())
         reason, steps = live.decide(props, state, module.params["inactive"], content_digest, newest,
                                     read_stamp(stamp_file), started, live.unread(props, unit, present))
-    result = {"changed": bool(reason), "reason": reason or ""}
+    result.update(changed=bool(reason), reason=reason or "")
     if module.check_mode:
-        module.exit_json(**result)
+        return
     for verb in steps:
         argv = [systemctl, verb] if verb == "daemon-reload" else [systemctl, verb, "--", unit]
-        rc, out, err = module.run_command(argv, environ_update=ENV)
-        if rc != 0:
-            module.fail_json(msg=f"{' '.join(argv)} failed: {(err or out).strip()} (see journalctl -u {unit})",
-                             **result)
+        runner.change(argv, " ".join(argv), hint=f"see journalctl -u {unit}")
     if steps and steps[-1] != "daemon-reload":
-        props = show(module, systemctl, unit)
+        props = show(runner, systemctl, unit)
         if props.get("ActiveState") not in ("active", "reloading"):
-            module.fail_json(msg=f"{unit} is {props.get('ActiveState')} after {steps[-1]}: see journalctl -u {unit}",
-                             **result)
+            raise UnitError(f"{unit} is {props.get('ActiveState')} after {steps[-1]}: see journalctl -u {unit}")
     if state == "loaded" or props.get("ActiveState") not in ("active", "reloading"):
-        module.exit_json(**result)   # nothing runs this configuration: no stamp
+        return   # nothing runs this configuration: no stamp
     # record what this invocation runs (also when nothing was needed: a later reload is then told apart)
     os.makedirs(live.STAMP_DIR, 0o700, exist_ok=True)
     files.write_text(stamp_file, json.dumps({"unit": unit, "invocation": props.get("InvocationID"),
                                              "digest": content_digest}) + "\n", mode=0o600)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _lock
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 from ansible_collections.replica.cloud.plugins.module_utils import _state_shift as shift
 
 AT_FDCWD = -100
@@ -131,27 +132,27 @@ def exchange(first, second):
         raise OSError(err, f"exchanging {first} and {second}: {os.strerror(err)}")
 
 
-ENV = {"LC_ALL": "C", "LANG": "C"}
-
-
 class Mover:
     """The side effects; every step either completes or is undone before failing."""
 
     def __init__(self, module):
         self.module = module
+        self.runner = _runner.Runner(module)
         self.btrfs = None
 
     def run(self, argv, what):
-        rc, out, err = self.module.run_command(argv, environ_update=ENV)
-        if rc != 0:
-            raise shift.ShiftError(f"{what} failed ({' '.join(argv)}): {(err or out).strip()}")
-        return out
+        """stdout of *argv*; a failure is a ShiftError, which the steps undo themselves on."""
+        try:
+            return self.runner.run(argv, what)[1]
+        except _runner.CommandError as exc:
+            raise shift.ShiftError(str(exc)) from exc
 
     def btrfs_bin(self):
         if self.btrfs is None:
-            self.btrfs = self.module.get_bin_path("btrfs", required=False)
-            if not self.btrfs:
-                raise shift.ShiftError("btrfs is not installed on the target: install btrfs-progs")
+            try:
+                self.btrfs = self.runner.bin("btrfs")
+            except _runner.ToolMissing as exc:
+                raise shift.ShiftError(str(exc)) from exc
         return self.btrfs
 
     def fstype(self, path):

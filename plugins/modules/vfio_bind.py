@@ -196,14 +196,16 @@ files:
 """
 
 import errno
+import functools
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.replica.cloud.plugins.module_utils import _journal
 from ansible_collections.replica.cloud.plugins.module_utils import _lock
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 from ansible_collections.replica.cloud.plugins.module_utils import _vfio as vfio
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text
 
-ENV = {"LC_ALL": "C"}
 MESSAGES = {errno.EBUSY: "busy", errno.ENODEV: "the driver does not take this device", errno.EINVAL: "invalid",
             errno.EEXIST: "it exists already", errno.EUSERS: "no instance of this type is left"}
 
@@ -316,7 +318,7 @@ class Mover:
 
     def __init__(self, sysfs):
         self.sysfs = sysfs
-        self.journal = []  # ("pci", address, device before) | ("mdev+", parent, item) | ("mdev-", parent, item)
+        self.journal = _journal.Journal()
 
     def set_override(self, address, value):
         self.sysfs.write(os.path.join(self.sysfs.device_dir(address), "driver_override"), f"{value or ''}\n",
@@ -348,7 +350,7 @@ class Mover:
         override comes first and holds the device for vfio-pci: killed after the unbind, a re-run
         finds it driverless with the override and probes it."""
         address = dev["address"]
-        self.journal.append(("pci", address, dict(dev)))
+        self.journal.record(f"binding {address} to vfio-pci", functools.partial(self.restore, address, dict(dev)))
         if dev["override"] != vfio.VFIO:
             self.set_override(address, vfio.VFIO)
         if dev["driver"] != vfio.VFIO:
@@ -367,7 +369,7 @@ class Mover:
         """Take *dev* off vfio-pci: clear its override (or set *driver*), unbind, probe. Without
         *driver* nothing holds the device between the unbind and the probe, so a note does."""
         address = dev["address"]
-        self.journal.append(("pci", address, dict(dev)))
+        self.journal.record(f"releasing {address}", functools.partial(self.restore, address, dict(dev)))
         move = vfio.is_vfio(dev["driver"]) or (driver is not None and dev["driver"] != driver)
         if dev["override"] != driver:
             self.set_override(address, driver)
@@ -414,28 +416,16 @@ class Mover:
 
     def create_mdev(self, parent, item):
         self._create(parent, item)
-        self.journal.append(("mdev+", parent, item))
+        self.journal.record(f"creating mediated device {item['uuid']}", functools.partial(self._remove, item))
         _lock.crash_point("vfio-mdev-created")
 
     def remove_mdev(self, parent, item):
         self._remove(item)
-        self.journal.append(("mdev-", parent, item))
+        self.journal.record(f"removing mediated device {item['uuid']}", functools.partial(self._create, parent, item))
 
     def rollback(self):
         """Undo the journal, newest first; returns what could not be undone."""
-        left = []
-        while self.journal:
-            kind, where, what = self.journal.pop()
-            try:
-                if kind == "pci":
-                    self.restore(where, what)
-                elif kind == "mdev+":
-                    self._remove(what)
-                else:
-                    self._create(where, what)
-            except (vfio.VfioError, OSError) as exc:
-                left.append(str(exc))
-        return left
+        return self.journal.rollback((vfio.VfioError, OSError))
 
 
 class Files:
@@ -444,7 +434,7 @@ class Files:
     def __init__(self, check_mode):
         self.check_mode = check_mode
         self.written, self.removed = [], []
-        self.undo = []  # (path, previous contents or None)
+        self.undo = _journal.Journal()
 
     def put(self, path, text, same=None):
         old = read_text(path)
@@ -453,7 +443,7 @@ class Files:
         self.written.append(path)
         if self.check_mode:
             return
-        self.undo.append((path, old))
+        self.undo.record(f"writing {path}", functools.partial(self._put_back, path, old))
         write_text(path, text)
 
     def drop(self, path, prune=False):
@@ -464,22 +454,21 @@ class Files:
         self.removed.append(path)
         if self.check_mode:
             return
-        self.undo.append((path, old))
+        self.undo.record(f"removing {path}", functools.partial(self._put_back, path, old))
         os.unlink(path)
         folder = os.path.dirname(path)
         if prune and not os.listdir(folder):
             os.rmdir(folder)
 
+    @staticmethod
+    def _put_back(path, old):
+        if old is None:
+            os.unlink(path)
+        else:
+            write_text(path, old)
+
     def rollback(self):
-        while self.undo:
-            path, old = self.undo.pop()
-            try:
-                if old is None:
-                    os.unlink(path)
-                else:
-                    write_text(path, old)
-            except OSError:
-                pass
+        return self.undo.rollback()
 
 
 def live_checks(module, sysfs, params, need_vfio):
@@ -488,14 +477,14 @@ def live_checks(module, sysfs, params, need_vfio):
         if not sysfs.live:
             raise vfio.VfioError(f"vfio-pci is not loaded in sysfs_root {sysfs.root} (no bus/pci/drivers/vfio-pci)")
         if not module.check_mode:
-            rc, out, err = module.run_command([module.get_bin_path("modprobe", required=True), "vfio-pci"],
-                                              environ_update=ENV)
+            runner = _runner.Runner(module)
+            rc, out, err = runner.run([runner.bin("modprobe"), "vfio-pci"], check=False)
             if rc != 0 or not os.path.isdir(sysfs.driver_dir(vfio.VFIO)):
                 raise vfio.VfioError(f"modprobe vfio-pci failed (rc={rc}): {(err or out).strip()}: install the kernel's "
                                      f"modules (linux-image-*), or build vfio-pci in")
     if sysfs.live and params["persist"] and params["state"] == "bound":
         tool = "mdevctl" if params["mdev"] else "driverctl"
-        if not module.get_bin_path(tool):
+        if not _runner.Runner(module).bin(tool, required=False):
             raise vfio.VfioError(f"persist: true keeps this with {tool}'s definitions, loaded at boot by {tool}: install "
                                  f"the Debian package {tool}")
 
@@ -665,10 +654,10 @@ def main():
                 run_mdev(module, sysfs, params, result, files, mover)
             else:
                 run_pci(module, sysfs, params, result, files, mover)
-    except (vfio.VfioError, _lock.LockError, OSError) as exc:
+    except (vfio.VfioError, _lock.LockError, _runner.CommandError, OSError) as exc:
         moved = bool(mover.journal)
-        files.rollback()
-        left = mover.rollback()
+        left = files.rollback()
+        left += mover.rollback()
         msg = str(exc)
         if left:
             msg += "; putting things back also failed: " + "; ".join(left)
