@@ -1,8 +1,9 @@
 # Copyright: (c) 2026, replica.cloud contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The pure part of ``replica.cloud.deb_repo``: Debian versions, control stanzas, pool paths and
-the plan (what to add, what to remove, what conflicts). No I/O: the module reads the files and
-runs ``dpkg-deb``, ``apt-ftparchive`` and ``gpg``; everything it decides is decided here.
+the plan (what to add, what to remove, what conflicts). No I/O: the engine (``_debrepo_publish``)
+reads the files and runs ``dpkg-deb``, ``apt-ftparchive`` and ``gpg``; everything it decides is
+decided here.
 
 A *record* is one package in a repository (or one candidate ``.deb``), a dict with ``name``,
 ``version``, ``architecture``, ``component``, ``filename`` (the path in the repository,
@@ -16,7 +17,10 @@ import base64
 import itertools
 import re
 
-from ansible_collections.replica.cloud.plugins.module_utils import _names
+try:  # in a module, the collection's; in the host tools, the copy installed next to them
+    from ansible_collections.replica.cloud.plugins.module_utils import _names
+except ImportError:  # pragma: no cover - the host tools' path
+    import _names  # pylint: disable=import-error
 
 #: the names of architectures, components and suites this module accepts
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*\Z")

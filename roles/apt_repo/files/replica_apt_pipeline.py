@@ -3,10 +3,11 @@
 """replica.cloud's package pipeline (replica-apt-pipeline.service, run by its timer).
 
 Builds the packages declared in /etc/replica/apt/pipeline.json with Debian's own tools, then
-publishes everything built with the replica.cloud.deb_repo module (installed beside this
-script and run by Debian's ansible-core, exactly as Ansible runs it): new versions are added,
-unchanged ones are no change, older ones are pruned to keep_versions, and the signed index
-switches atomically.
+publishes everything built with the replica.cloud.deb_repo module's engine (its module_utils
+``_debrepo_publish``, installed beside this script and imported: the code the module runs, with
+no Ansible on the host): new versions are added, unchanged ones are no change, older ones are
+pruned to keep_versions, and the signed index switches atomically. Every command runs through
+the collection's ``_runner.Runner`` (argument lists, ``LC_ALL=C``).
 
 - a spec ``{name, version, architecture, description, depends, files: [{dest, content, mode}]}``
   becomes a .deb with ``dpkg-deb --build --root-owner-group`` (timestamps from SOURCE_DATE_EPOCH,
@@ -24,29 +25,25 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 CONFIG = os.environ.get("REPLICA_APT_PIPELINE_CONFIG", "/etc/replica/apt/pipeline.json")
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the deb_repo module's own rules for names and versions, installed beside this script
+# the deb_repo module's engine, its rules for names and versions and the collection's command
+# runner, installed beside this script
 sys.path.insert(0, HERE)
-from ansible_collections.replica.cloud.plugins.module_utils import _debrepo, _names  # noqa: E402  pylint: disable=wrong-import-position
-MODULE = os.path.join(HERE, "ansible_collections/replica/cloud/plugins/modules/deb_repo.py")
+from ansible_collections.replica.cloud.plugins.module_utils import (  # noqa: E402  pylint: disable=wrong-import-position
+    _debrepo, _debrepo_publish, _names, _runner)
 EPOCH = "1700000000"   # fixed build time: identical specs give identical packages
+RUNNER = _runner.Runner()
+#: what the pipeline's declaration passes on to the deb_repo engine (the module's options)
+PUBLISH_OPTIONS = ("path", "suite", "components", "architectures", "origin", "label", "signing_key", "gnupg_home",
+                   "keep_versions")
 
 
 def log(message):
     print(message, flush=True)
-
-
-def run(argv, cwd=None, env=None):
-    proc = subprocess.run(argv, cwd=cwd, env=dict(os.environ, LC_ALL="C", **(env or {})),
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
 
 
 def strip_epoch(version):
@@ -121,7 +118,8 @@ def build_spec(spec, out):
             os.chmod(directory, 0o755)   # whatever the service's umask: a package's folders are 0755
             for entry in dirs + files + ["."]:
                 os.utime(os.path.join(directory, entry), (int(EPOCH), int(EPOCH)), follow_symlinks=False)
-        run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, deb], env={"SOURCE_DATE_EPOCH": EPOCH})
+        RUNNER.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", root, deb], what=f"building spec {name} {version}",
+                   env={"SOURCE_DATE_EPOCH": EPOCH})
     with open(stamp, "w", encoding="ascii") as handle:
         handle.write(digest + "\n")
     log(f"built {os.path.basename(deb)}")
@@ -132,8 +130,9 @@ def build_source(source, out, work):
     path = source["path"]
     if not os.path.isfile(os.path.join(path, "debian/changelog")):
         raise RuntimeError(f"source {path} has no debian/changelog: give a directory with a debian/ tree")
-    version = run(["dpkg-parsechangelog", "-l", os.path.join(path, "debian/changelog"), "-S", "Version"]).strip()
-    name = run(["dpkg-parsechangelog", "-l", os.path.join(path, "debian/changelog"), "-S", "Source"]).strip()
+    changelog = os.path.join(path, "debian/changelog")
+    version = RUNNER.run(["dpkg-parsechangelog", "-l", changelog, "-S", "Version"], what=f"reading {changelog}")[1].strip()
+    name = RUNNER.run(["dpkg-parsechangelog", "-l", changelog, "-S", "Source"], what=f"reading {changelog}")[1].strip()
     stamp = os.path.join(out, f"{name}_{strip_epoch(version)}.source")
     if os.path.exists(stamp):
         with open(stamp, encoding="utf-8") as handle:   # built before (pruned ones are gone for good)
@@ -141,7 +140,7 @@ def build_source(source, out, work):
     tree = os.path.join(work, name, os.path.basename(path.rstrip("/")))
     shutil.rmtree(os.path.dirname(tree), ignore_errors=True)
     shutil.copytree(path, tree, symlinks=True)
-    run(["dpkg-buildpackage", "-b", "-us", "-uc", "--no-sign"], cwd=tree)
+    RUNNER.run(["dpkg-buildpackage", "-b", "-us", "-uc", "--no-sign"], what=f"building source {name} {version}", cwd=tree)
     built = []
     for deb in glob.glob(os.path.join(os.path.dirname(tree), "*.deb")):
         shutil.move(deb, os.path.join(out, os.path.basename(deb)))
@@ -154,23 +153,15 @@ def build_source(source, out, work):
 
 
 def publish(config, debs):
-    args = {key: config[key] for key in ("path", "suite", "components", "architectures", "origin", "label",
-                                         "signing_key", "gnupg_home", "keep_versions") if config.get(key) is not None}
+    """Publish *debs* with the deb_repo engine, as the module would with these options."""
+    args = {key: config[key] for key in PUBLISH_OPTIONS if config.get(key) is not None}
+    if "keep_versions" in args:
+        args["keep_versions"] = int(args["keep_versions"])   # the module's type: int
     args.update(packages=sorted(debs), state="present")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
     try:
-        proc = subprocess.run([sys.executable, MODULE, handle.name], capture_output=True, text=True, check=False,
-                              env=dict(os.environ, LC_ALL="C", PYTHONPATH=HERE))
-    finally:
-        os.unlink(handle.name)
-    try:
-        result = json.loads(proc.stdout)
-    except ValueError:
-        raise RuntimeError(f"deb_repo did not answer: {proc.stderr.strip() or proc.stdout.strip()}") from None
-    if result.get("failed"):
-        raise RuntimeError(f"deb_repo: {result.get('msg')}")
-    return result
+        return _debrepo_publish.converge(args, RUNNER, warn=lambda message: log(f"warning: {message}"))
+    except _debrepo_publish.PublishFailed as exc:   # taken back: the repository is as it was
+        raise RuntimeError(f"deb_repo: {exc}") from None
 
 
 def main():
@@ -203,6 +194,6 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+    except (RuntimeError, OSError, KeyError, ValueError, _runner.CommandError) as exc:
         print(f"replica-apt-pipeline: {exc}", file=sys.stderr)
         sys.exit(1)
