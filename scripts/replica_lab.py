@@ -84,10 +84,10 @@ def validate_name(name):
     machine name as the collection's modules have it (_names: a host name label, 1-63). Nothing
     here needs fewer: systemd-nspawn (247 and later) shortens its host-side veth ``vb-NAME`` with a
     digest of the whole name when it is too long for an interface, and a machine name may have 64."""
-    problem = _names.machine_name_problem(name)
-    if problem:
-        raise LabError(f"invalid lab host name {name!r}: it {problem}")
-    return name
+    try:
+        return _names.check_machine_name(name)
+    except _names.BadName as exc:
+        raise LabError(f"invalid lab host name: {exc}") from None
 
 
 def image_key(suite, packages, sources, aptopts=(), fmt=IMAGE_FORMAT):

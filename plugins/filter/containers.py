@@ -18,8 +18,16 @@ def containers_inventory(machines, images, known_images=None, default_image=None
         raise AnsibleFilterError(f"containers inventory: {exc}") from exc
 
 
+def machine_layout(name, machines_dir=_nspawn.MACHINES_DIR):
+    """Where machine *name*'s files and units are (_nspawn.layout, the module's own), as a dict."""
+    try:
+        return _nspawn.layout(name, machines_dir)._asdict()
+    except _nspawn.MachineError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
 class FilterModule:
     """replica.cloud containers filters."""
 
     def filters(self):
-        return {"containers_inventory": containers_inventory}
+        return {"containers_inventory": containers_inventory, "machine_layout": machine_layout}

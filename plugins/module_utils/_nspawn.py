@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections import namedtuple
 
 from ansible_collections.replica.cloud.plugins.module_utils import _names
 from ansible_collections.replica.cloud.plugins.module_utils._sandbox import escape_path
@@ -26,6 +28,13 @@ NETWORK_TYPES = ("veth", "bridge", "macvlan", "ipvlan", "none", "host")
 #: into every machine, rewritten in place so that running machines see new names at once)
 HOSTS_FILE = "/etc/replica/machines/hosts"
 HOSTS_DIR = "/etc/replica/machines/hosts.d"
+#: the machines' records (which image each came from, its first-boot digest) and defaults
+STATE_DIR = "/etc/replica/machines"
+DEFAULTS = "/etc/replica/machines/defaults.json"
+MACHINES_DIR = "/var/lib/machines"
+IMAGES_DIR = "/var/lib/machines/.images"
+NSPAWN_DIR = "/etc/systemd/nspawn"
+SYSTEMD_DIR = "/etc/systemd/system"
 
 
 class MachineError(ValueError):
@@ -35,6 +44,63 @@ class MachineError(ValueError):
 def check_name(name):
     """A machine's name is also its host name and its DNS label: _names' machine-name rule."""
     return _names.check_machine_name(name, "machine name", MachineError)
+
+
+class Layout(namedtuple("Layout", "name unit nspawn dropin record fork partial hosts_entry lambda_socket lambda_proxy")):
+    """Where everything of machine *name* lives on the host: the one owner of these paths and
+    unit names (the module, the ``replica-machine`` command, the containers role through the
+    ``machine_layout`` filter)."""
+
+    __slots__ = ()
+
+    def units(self):
+        """The files of the machine's own units (what ``state: absent`` removes)."""
+        return [self.nspawn, self.dropin]
+
+    def lambda_units(self):
+        """The lambda's socket and proxy unit files."""
+        return [os.path.join(SYSTEMD_DIR, self.lambda_socket), os.path.join(SYSTEMD_DIR, self.lambda_proxy)]
+
+
+def layout(name, machines_dir=MACHINES_DIR):
+    """The :class:`Layout` of machine *name* (checked against the name rule) under *machines_dir*."""
+    check_name(name)
+    unit = f"systemd-nspawn@{name}.service"
+    return Layout(name=name, unit=unit, nspawn=os.path.join(NSPAWN_DIR, f"{name}.nspawn"),
+                  dropin=os.path.join(SYSTEMD_DIR, f"{unit}.d", "50-replica.conf"),
+                  record=os.path.join(STATE_DIR, f"{name}.json"), fork=os.path.join(machines_dir, name),
+                  partial=os.path.join(machines_dir, f".{name}.partial"), hosts_entry=os.path.join(HOSTS_DIR, name),
+                  lambda_socket=f"replica-lambda-{name}.socket", lambda_proxy=f"replica-lambda-{name}.service")
+
+
+def record_text(image, firstboot, by="nspawn_machine"):
+    """A machine's record (``Layout.record``): the image it was forked from, the digest of its
+    first-boot settings (None: made by the ``replica-machine`` command, which applies none) and
+    what made it."""
+    return json.dumps({"image": image, "firstboot": firstboot, "by": by}, indent=1) + "\n"
+
+
+def parse_record(text):
+    """A record's fields, or None when there is no record (*text* None)."""
+    if text is None:
+        return None
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise MachineError("a machine record must be a JSON object: remove it and create the machine again")
+    return record
+
+
+def image_path(image, images_dir):
+    """The folder of *image* (a name under *images_dir*, or an absolute path); None for no image.
+    Raises MachineError naming the images there are when it is not there."""
+    if not image:
+        return None
+    path = image if image.startswith("/") else os.path.join(images_dir, image)
+    if not os.path.isdir(path):
+        known = sorted(entry.name for entry in os.scandir(images_dir)
+                       if entry.is_dir() and not entry.name.startswith(".")) if os.path.isdir(images_dir) else []
+        raise MachineError(f"image {image} is not there ({path}); known images: {', '.join(known) or 'none'}")
+    return path
 
 
 def _path(value, what):
@@ -201,14 +267,16 @@ def check_inventory(machines, images, known_images=None, default_image=None):
 
 
 def render_dropin(spec):
-    """The ``systemd-nspawn@<name>.service.d/50-replica.conf`` text: resource limits and the
-    devices a GPU needs; None when there is nothing to say."""
+    """The ``systemd-nspawn@<name>.service.d/50-replica.conf`` text: resource limits, the
+    devices a GPU needs and, for a lambda, ``StopWhenUnneeded=yes``; None when there is nothing
+    to say."""
     lines = [f"{key}={value}" for key, value in check_limits(spec)]
     if spec.get("gpu"):
         lines += [f"DeviceAllow={node} rwm" for node in spec["gpu"].get("devices", [])]
-    if not lines:
+    unit = ["[Unit]", "StopWhenUnneeded=yes"] if spec.get("stop_when_unneeded") else []
+    if not lines and not unit:
         return None
-    return "\n".join([HEADER, "[Service]"] + lines) + "\n"
+    return "\n".join([HEADER] + unit + (["[Service]"] + lines if lines else [])) + "\n"
 
 
 def gpu_binds(gpu):
@@ -278,7 +346,8 @@ def firstboot_files(spec):
         if item.get("link"):  # a symlink, e.g. enabling a unit: {path: .../x.wants/a.service, link: ../a.service}
             files[path] = ("->", str(item["link"]))
             continue
-        files[path] = (item.get("content", ""), int(str(item.get("mode", "0644")), 8),
+        mode = item.get("mode", "0644")   # an int is the mode itself (YAML's 0644), a string its octal digits
+        files[path] = (item.get("content", ""), mode if isinstance(mode, int) else int(str(mode), 8),
                        int(item.get("uid", 0)), int(item.get("gid", 0)))
     network = network_file(spec)
     if network:

@@ -30,7 +30,7 @@ class VmError(ValueError):
 def check_name(name):
     """A VM's name is a machine name (_names: a host name label, 1-63): it names the units, the
     run folders and the guest's host name; its tap device is :func:`tap_name`."""
-    return _names.check_machine_name(name, "VM name", VmError)
+    return _names.check_machine_name(name, "machine name", VmError)
 
 
 def mac_for(name):

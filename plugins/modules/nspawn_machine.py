@@ -26,19 +26,12 @@ description:
     machines see new names at once) from C(/etc/replica/machines/hosts.d/<name>): machines reach
     each other by name. This registry is what a DNS zone can be fed from."
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: systemd and systemd-container (systemd-nspawn, machinectl); btrfs-progs for btrfs
+    images; util-linux (nsenter) and iproute2 to read a running machine's addresses."
+extends_documentation_fragment:
+  - replica.cloud.instance
 options:
-  name:
-    description: Machine name, also its host name (1-63 of C([a-z0-9-])).
-    type: str
-    required: true
-  state:
-    description:
-      - V(present) - defined; the module does not start it (a running machine keeps running).
-      - V(started), V(stopped), V(restarted) - defined and in that state.
-      - V(absent) - stopped, unit settings removed, its fork deleted unless O(keep_data).
-    type: str
-    choices: [present, started, stopped, restarted, absent]
-    default: started
   image:
     description:
       - The image to fork, an absolute path (a btrfs subvolume, or a folder on a reflink file
@@ -66,6 +59,28 @@ options:
     description: Users to create at first boot, each C({name, uid, groups, shell, gecos, ssh_authorized_keys}).
     type: list
     elements: dict
+    suboptions:
+      name:
+        description: The user's name (lower-case letters, digits, C(_) and C(-); not root).
+        type: str
+        required: true
+      uid:
+        description: Its uid (default 1000 and up, by its place in the list).
+        type: int
+      groups:
+        description: Groups it is a member of.
+        type: list
+        elements: str
+      shell:
+        description: Its shell (default C(/bin/bash)).
+        type: str
+      gecos:
+        description: Its full name (default its name).
+        type: str
+      ssh_authorized_keys:
+        description: Its SSH keys.
+        type: list
+        elements: str
   timezone:
     description: IANA time zone.
     type: str
@@ -75,12 +90,55 @@ options:
         C({path, link}) (for example to enable a unit).
     type: list
     elements: dict
+    suboptions:
+      path:
+        description: The absolute path in the machine.
+        type: str
+        required: true
+      content:
+        description: The file's text (default empty).
+        type: str
+      link:
+        description: Make O(files[].path) a symlink to this instead of a file.
+        type: str
+      mode:
+        description: The mode, an octal string such as C("0644") (the default) or a number.
+        type: raw
+      uid:
+        description: Owner uid (default 0).
+        type: int
+      gid:
+        description: Group gid (default 0).
+        type: int
   network:
     description:
       - C(type) V(veth) (private veth pair, default), V(bridge) (with C(bridge)), V(macvlan) or V(ipvlan)
         (with C(interface), a host interface; the machine sees C(mv-IFACE) or C(iv-IFACE)), V(none), V(host).
       - C(addresses) (static, C(ADDRESS/PREFIX)), C(gateway) (one address or a list, e.g. an IPv4 and an IPv6 gateway), C(dns); DHCP when no addresses.
+      - The M(replica.cloud.instance_address) module returns this option for an instance of a network segment.
     type: dict
+    suboptions:
+      type:
+        description: How the machine is attached (default V(veth)).
+        type: str
+        choices: [veth, bridge, macvlan, ipvlan, none, host]
+      bridge:
+        description: The host bridge of a V(bridge) network.
+        type: str
+      interface:
+        description: The host interface of a V(macvlan) or V(ipvlan) network.
+        type: str
+      addresses:
+        description: Static addresses, C(ADDRESS/PREFIX); DHCP when none.
+        type: list
+        elements: str
+      gateway:
+        description: One gateway address, or a list (an IPv4 and an IPv6 one).
+        type: raw
+      dns:
+        description: Resolvers.
+        type: list
+        elements: str
   binds:
     description: Host paths bound read-write, C(SRC) or C(SRC:DEST) or C({src, dest}).
     type: list
@@ -93,6 +151,21 @@ options:
     description: "NFS shares automounted inside, each C({what: SERVER:/EXPORT, where, options, idle})."
     type: list
     elements: dict
+    suboptions:
+      what:
+        description: C(SERVER:/EXPORT).
+        type: str
+        required: true
+      where:
+        description: The absolute mount point in the machine.
+        type: str
+        required: true
+      options:
+        description: Mount options (default C(vers=4.2,soft,timeo=100)).
+        type: str
+      idle:
+        description: Unmount after this long unused (default C(10min)).
+        type: str
   gpu:
     description:
       - Give the machine the host's NVIDIA GPUs, for CUDA inside - the C(/dev/nvidia*) device nodes
@@ -119,12 +192,14 @@ options:
   settings:
     description: "Any other C(.nspawn) keys, C({Exec|Files|Network: {Key: value or [values]}}); they win."
     type: dict
+  stop_when_unneeded:
+    description:
+      - C(StopWhenUnneeded=yes) in the machine's drop-in - it stops when no unit needs it any more
+        (a lambda - the containers role's socket-activated proxy needs it while it carries connections).
+    type: bool
+    default: false
   enabled:
     description: Start the machine at boot (C(machines.target)).
-    type: bool
-    default: true
-  wait:
-    description: Return only when the machine reports READY.
     type: bool
     default: true
   timeout:
@@ -133,10 +208,6 @@ options:
     default: 60
   restart_on_change:
     description: Restart a running machine whose settings changed (else RV(restart_required) says so).
-    type: bool
-    default: false
-  keep_data:
-    description: With O(state=absent), keep the fork.
     type: bool
     default: false
 notes:
@@ -171,6 +242,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+actions:
+  description: What this run did to the machine, in order, or in check mode what it would do (see O(state)).
+  returned: always
+  type: list
+  elements: str
+  sample: [create, configure, enable, start]
 state:
   description: V(running), V(stopped) or V(absent).
   returned: always
@@ -208,12 +285,12 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
-from ansible_collections.replica.cloud.plugins.module_utils import _nspawn as ns
+from ansible_collections.replica.cloud.plugins.module_utils import _lifecycle as lifecycle
 from ansible_collections.replica.cloud.plugins.module_utils import _lock
+from ansible_collections.replica.cloud.plugins.module_utils import _nspawn as ns
+from ansible_collections.replica.cloud.plugins.module_utils import _params
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write_file
-
-ENV = {"LC_ALL": "C", "LANG": "C"}
-STATE_DIR = "/etc/replica/machines"
 
 
 class Host:
@@ -221,12 +298,10 @@ class Host:
 
     def __init__(self, module):
         self.module = module
+        self.runner = _runner.Runner(module)
 
     def run(self, argv, check=True):
-        rc, out, err = self.module.run_command(argv, environ_update=ENV)
-        if check and rc != 0:
-            self.module.fail_json(msg=f"{' '.join(argv)} failed: {(err or out).strip()}")
-        return rc, out, err
+        return self.runner.run(argv, check=check)
 
     def unit_state(self, unit):
         out = self.run(["systemctl", "show", "--property=ActiveState,LoadState,UnitFileState", unit])[1]
@@ -320,7 +395,7 @@ def find_gpu(module):
     if not devices:
         module.fail_json(msg="gpu: true, but the host has no /dev/nvidia* devices: install the NVIDIA "
                              "driver on the host (and load it) first")
-    rc, out, dummy = module.run_command(["ldconfig", "-p"], environ_update=ENV)
+    rc, out, dummy = _runner.Runner(module).run(["ldconfig", "-p"], check=False)
     libraries = set()
     for line in out.splitlines() if rc == 0 else []:
         if "=>" in line and any(key in line for key in ("libcuda.so", "libnvidia-", "libnvcuvid", "libnvoptix")):
@@ -331,206 +406,232 @@ def find_gpu(module):
     return {"devices": devices, "libraries": sorted(libraries), "binaries": binaries}
 
 
-def image_path(params):
-    image = params["image"]
-    if not image:
-        return None
-    path = image if image.startswith("/") else os.path.join(params["images_dir"], image)
-    if not os.path.isdir(path):
-        known = sorted(entry.name for entry in os.scandir(params["images_dir"])
-                       if entry.is_dir() and not entry.name.startswith(".")) if os.path.isdir(params["images_dir"]) else []
-        raise ns.MachineError(f"image {image} is not there ({path}); known images: {', '.join(known) or 'none'}")
-    return path
+NETWORK_OPTIONS = {
+    "type": {"type": "str", "choices": list(ns.NETWORK_TYPES)},
+    "bridge": {"type": "str"},
+    "interface": {"type": "str"},
+    "addresses": {"type": "list", "elements": "str"},
+    "gateway": {"type": "raw"},
+    "dns": {"type": "list", "elements": "str"},
+}
+USER_OPTIONS = {
+    "name": {"type": "str", "required": True},
+    "uid": {"type": "int"},
+    "groups": {"type": "list", "elements": "str"},
+    "shell": {"type": "str"},
+    "gecos": {"type": "str"},
+    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
+}
+FILE_OPTIONS = {
+    "path": {"type": "str", "required": True},
+    "content": {"type": "str"},
+    "link": {"type": "str"},
+    "mode": {"type": "raw"},
+    "uid": {"type": "int"},
+    "gid": {"type": "int"},
+}
+NFS_OPTIONS = {
+    "what": {"type": "str", "required": True},
+    "where": {"type": "str", "required": True},
+    "options": {"type": "str"},
+    "idle": {"type": "str"},
+}
+ARGUMENT_SPEC = dict(_params.instance_options(timeout=60), **{
+    "image": {"type": "str"},
+    "images_dir": {"type": "path", "default": ns.IMAGES_DIR},
+    "machines_dir": {"type": "path", "default": ns.MACHINES_DIR},
+    "hostname": {"type": "str"},
+    "domain": {"type": "str"},
+    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
+    "users": {"type": "list", "elements": "dict", "options": USER_OPTIONS},
+    "timezone": {"type": "str"},
+    "files": {"type": "list", "elements": "dict", "options": FILE_OPTIONS,
+              "mutually_exclusive": [("content", "link")]},
+    "network": {"type": "dict", "options": NETWORK_OPTIONS},
+    "binds": {"type": "list", "elements": "raw"},
+    "binds_ro": {"type": "list", "elements": "raw"},
+    "nfs": {"type": "list", "elements": "dict", "options": NFS_OPTIONS},
+    "gpu": {"type": "bool", "default": False},
+    "memory_max": {"type": "str"},
+    "cpu_weight": {"type": "int"},
+    "tasks_max": {"type": "int"},
+    "capabilities": {"type": "list", "elements": "str"},
+    "private_users": {"type": "str"},
+    "settings": {"type": "dict"},
+    "stop_when_unneeded": {"type": "bool", "default": False},
+    "enabled": {"type": "bool", "default": True},
+    "restart_on_change": {"type": "bool", "default": False},
+})
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "name": {"type": "str", "required": True},
-            "state": {"type": "str", "default": "started",
-                      "choices": ["present", "started", "stopped", "restarted", "absent"]},
-            "image": {"type": "str"},
-            "images_dir": {"type": "path", "default": "/var/lib/machines/.images"},
-            "machines_dir": {"type": "path", "default": "/var/lib/machines"},
-            "hostname": {"type": "str"},
-            "domain": {"type": "str"},
-            "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
-            "users": {"type": "list", "elements": "dict"},
-            "timezone": {"type": "str"},
-            "files": {"type": "list", "elements": "dict"},
-            "network": {"type": "dict"},
-            "binds": {"type": "list", "elements": "raw"},
-            "binds_ro": {"type": "list", "elements": "raw"},
-            "nfs": {"type": "list", "elements": "dict"},
-            "gpu": {"type": "bool", "default": False},
-            "memory_max": {"type": "str"},
-            "cpu_weight": {"type": "int"},
-            "tasks_max": {"type": "int"},
-            "capabilities": {"type": "list", "elements": "str"},
-            "private_users": {"type": "str"},
-            "settings": {"type": "dict"},
-            "enabled": {"type": "bool", "default": True},
-            "wait": {"type": "bool", "default": True},
-            "timeout": {"type": "int", "default": 60},
-            "restart_on_change": {"type": "bool", "default": False},
-            "keep_data": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
-    params = module.params
-    host = Host(module)
-    name, state = params["name"], params["state"]
-    unit = f"systemd-nspawn@{name}.service"
-    nspawn_path = f"/etc/systemd/nspawn/{name}.nspawn"
-    dropin_path = f"/etc/systemd/system/{unit}.d/50-replica.conf"
-    record_path = os.path.join(STATE_DIR, f"{name}.json")
-    fork = os.path.join(params["machines_dir"], name)
-    dns_name = f"{name}.{params['domain']}" if params["domain"] else name
-    result = {"changed": False, "fork": fork, "dns_name": dns_name, "restart_required": False,
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = _params.spec_of(module.params)
+    name = params["name"]
+    result = {"changed": False, "actions": [], "fork": os.path.join(params["machines_dir"], name),
+              "dns_name": f"{name}.{params['domain']}" if params["domain"] else name, "restart_required": False,
               "addresses": [], "leader": 0, "state": "absent"}
-
-    def run(argv):
-        return module.run_command(argv, environ_update=ENV)
-
     try:
-        ns.check_name(name)
-        spec = dict(params)
-        if params["gpu"] and state != "absent":
-            spec["gpu"] = find_gpu(module)
-        current_nspawn = read(nspawn_path)
-        record = json.loads(read(record_path) or "null")
-        if current_nspawn is not None and not current_nspawn.startswith(ns.HEADER):
-            raise ns.MachineError(f"{nspawn_path} exists and is not managed by replica.cloud: machine "
-                                  f"{name} belongs to someone else; choose another name")
-        managed = record is not None
-        fork_exists = os.path.lexists(fork)
-        if fork_exists and not managed:
-            raise ns.MachineError(f"{fork} exists and is not a machine managed by replica.cloud: "
-                                  f"choose another name, or move it away")
-        if not managed and host.leader(name):
-            raise ns.MachineError(f"a machine called {name} is running and is not managed by replica.cloud")
-        active = host.unit_state(unit).get("ActiveState") in ("active", "activating", "reloading")
-
-        if state == "absent":
-            if not managed and current_nspawn is None:
-                module.exit_json(**result)
-            result["changed"] = True
-            if module._diff:
-                result["diff"] = {"before": current_nspawn or "", "after": ""}
-            if module.check_mode:
-                module.exit_json(**result)
-            if active:
-                host.run(["systemctl", "stop", unit])
-            host.run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
-            had_dropin = os.path.exists(dropin_path)
-            for path in (nspawn_path, dropin_path, record_path):
-                if os.path.exists(path):
-                    os.unlink(path)
-            if os.path.isdir(os.path.dirname(dropin_path)) and not os.listdir(os.path.dirname(dropin_path)):
-                os.rmdir(os.path.dirname(dropin_path))
-            if had_dropin:  # the .nspawn file is read at start; only a drop-in needs a reload
-                host.run(["systemctl", "daemon-reload"])
-            update_hosts(name, [], remove=True)
-            if fork_exists and not params["keep_data"]:
-                cow.remove_tree(fork, run)
-            module.exit_json(**result)
-
-        nspawn_text = ns.render_nspawn(spec)
-        dropin_text = ns.render_dropin(spec)
-        digest = ns.firstboot_digest(spec)
-        addresses = [a.split("/")[0] for a in (params["network"] or {}).get("addresses") or []]
-        create = not fork_exists
-        image = None
-        network = params["network"] or {}
-        if network.get("type") == "bridge" and not os.path.isdir(f"/sys/class/net/{network.get('bridge')}/bridge"):
-            raise ns.MachineError(f"bridge {network.get('bridge')} does not exist on the host: create it "
-                                  f"first (the network role does), or choose another network type")
-        if network.get("type") in ("macvlan", "ipvlan") and not os.path.isdir(f"/sys/class/net/{network.get('interface')}"):
-            raise ns.MachineError(f"host interface {network.get('interface')} does not exist")
-        if create:
-            image = image_path(params)
-            if image is None:
-                raise ns.MachineError(f"machine {name} does not exist yet: give image to create it")
-            backend = cow.detect(image, run)
-            backend.check_source(image)
-        elif record and record.get("firstboot") != digest:
-            module.warn(f"first-boot settings of {name} changed after it was created; they apply to "
-                        f"a new machine only (state=absent, then create it again)")
-        changed_settings = current_nspawn != nspawn_text or read(dropin_path) != dropin_text
-        result["restart_required"] = bool(active and changed_settings)
-        if module._diff:
-            result["diff"] = {"before": current_nspawn or "", "after": nspawn_text,
-                              "before_header": nspawn_path, "after_header": nspawn_path}
-        will_start = state in ("started", "restarted") and (
-            not active or state == "restarted" or (changed_settings and params["restart_on_change"]))
-        will_stop = state == "stopped" and active
-        unit_file = host.unit_state(unit).get("UnitFileState", "")
-        enable_change = state != "present" and params["enabled"] != (unit_file == "enabled")
-        result["changed"] = create or changed_settings or will_start or will_stop or enable_change
-        if module.check_mode:
-            result["state"] = "running" if (active and not will_stop) or will_start else "stopped"
-            module.exit_json(**result)
-
-        if create:
-            # forked and given its first-boot files beside its place, then renamed into it: killed
-            # at any point, the machine either does not exist (the re-run makes it) or is whole
-            os.makedirs(params["machines_dir"], 0o700, exist_ok=True)
-            partial = os.path.join(params["machines_dir"], f".{name}.partial")
-            cow.remove_tree(partial, run)
-            backend.fork(image, partial)
-            try:
-                apply_firstboot(partial, spec)
-                _lock.crash_point("machine-forked")
-                os.rename(partial, fork)
-            except (ns.MachineError, OSError):
-                cow.remove_tree(partial, run)
-                raise
-        os.makedirs(STATE_DIR, 0o755, exist_ok=True)
-        if spec.get("shared_hosts", True):
-            update_hosts(name, addresses)
-        write_file(nspawn_path, nspawn_text)
-        dropin_changed = read(dropin_path) != dropin_text
-        if dropin_text:
-            write_file(dropin_path, dropin_text)
-        elif os.path.exists(dropin_path):
-            os.unlink(dropin_path)
-        write_file(record_path, json.dumps({"image": params["image"] if create else (record or {}).get("image"),
-                                            "firstboot": digest if create else (record or {}).get("firstboot", digest)},
-                                           indent=1) + "\n")
-        if dropin_changed:  # the .nspawn file is read at start; only a drop-in needs a reload
-            host.run(["systemctl", "daemon-reload"])
-        if enable_change:
-            host.run(["systemctl", "enable" if params["enabled"] else "disable", "--no-reload", "--quiet", unit])
-        if will_stop:
-            host.run(["systemctl", "stop", unit])
-        if will_start:
-            if host.unit_state(unit).get("ActiveState") == "failed":
-                host.run(["systemctl", "reset-failed", unit])  # else a stale "failed" reads as this start's
-            verb = "restart" if active else "start"
-            started = time.monotonic()
-            if params["wait"]:
-                # Type=notify and NotifyReady=yes: systemctl returns when the machine is READY
-                rc, out, err = host.run(["timeout", str(params["timeout"]), "systemctl", verb, unit], check=False)
-                result["ready_seconds"] = round(time.monotonic() - started, 3)
-                if rc != 0:
-                    log = host.run(["journalctl", "-u", unit, "-n", "20", "--no-pager"], check=False)[1]
-                    hint = ""
-                    if "Too many open files" in log:
-                        hint = (" The host ran out of inotify instances: raise fs.inotify.max_user_instances "
-                                "(each machine's systemd takes some).")
-                    result["state"] = "failed"
-                    raise ns.MachineError(
-                        f"machine {name} did not become ready ({'timed out after' if rc == 124 else 'failed after'} "
-                        f"{result['ready_seconds']} s).{hint}\n{(err or out).strip()}\n{log}")
-            else:
-                host.run(["systemctl", verb, "--no-block", unit])
-            result["restart_required"] = False
-        result["leader"] = host.leader(name)
-        result["state"] = "running" if result["leader"] else "stopped"
-        result["addresses"] = host.addresses(result["leader"])
-    except (ns.MachineError, cow.CowError, OSError) as exc:
-        module.fail_json(msg=str(exc), **result)
+        converge(module, Host(module), params, ns.layout(name, params["machines_dir"]), result)
+    except (ns.MachineError, cow.CowError, _runner.CommandError, OSError) as exc:
+        _runner.fail(module, exc, **result)
     module.exit_json(**result)
+
+
+def read_machine(host, params, paths):
+    """What there is of the machine now: ``(seen, current .nspawn text, record)``; refuses a name
+    that belongs to something the module does not manage."""
+    current_nspawn = read(paths.nspawn)
+    record = ns.parse_record(read(paths.record))
+    if current_nspawn is not None and not current_nspawn.startswith(ns.HEADER):
+        raise ns.MachineError(f"{paths.nspawn} exists and is not managed by replica.cloud: machine "
+                              f"{paths.name} belongs to someone else; choose another name")
+    managed = record is not None
+    fork_exists = os.path.lexists(paths.fork)
+    if fork_exists and not managed:
+        raise ns.MachineError(f"{paths.fork} exists and is not a machine managed by replica.cloud: "
+                              f"choose another name, or move it away")
+    if not managed and host.leader(paths.name):
+        raise ns.MachineError(f"a machine called {paths.name} is running and is not managed by replica.cloud")
+    unit = host.unit_state(paths.unit)
+    seen = lifecycle.Seen(known=managed or current_nspawn is not None, exists=fork_exists,
+                          active=unit.get("ActiveState") in ("active", "activating", "reloading"),
+                          enabled=unit.get("UnitFileState", "") == "enabled")
+    return seen, current_nspawn, record
+
+
+def check_host_network(network):
+    if network.get("type") == "bridge" and not os.path.isdir(f"/sys/class/net/{network.get('bridge')}/bridge"):
+        raise ns.MachineError(f"bridge {network.get('bridge')} does not exist on the host: create it "
+                              f"first (the network role does), or choose another network type")
+    if network.get("type") in ("macvlan", "ipvlan") and not os.path.isdir(f"/sys/class/net/{network.get('interface')}"):
+        raise ns.MachineError(f"host interface {network.get('interface')} does not exist")
+
+
+def converge(module, host, params, paths, result):
+    """Read, plan (_lifecycle), then take the planned actions; *result* is filled in."""
+    name, state = params["name"], params["state"]
+    spec = dict(params)
+    if params["gpu"] and state != "absent":
+        spec["gpu"] = find_gpu(module)
+    seen, current_nspawn, record = read_machine(host, params, paths)
+    if state == "absent":
+        actions = lifecycle.plan(state, seen)
+        result.update(changed=bool(actions), actions=actions)
+        if actions and module._diff:
+            result["diff"] = {"before": current_nspawn or "", "after": ""}
+        if actions and not module.check_mode:
+            remove(host, params, paths, seen)
+        return
+
+    nspawn_text = ns.render_nspawn(spec)
+    dropin_text = ns.render_dropin(spec)
+    digest = ns.firstboot_digest(spec)
+    check_host_network(params["network"] or {})
+    image = backend = None
+    if not seen.exists:
+        image = ns.image_path(params["image"], params["images_dir"])
+        if image is None:
+            raise ns.MachineError(f"machine {name} does not exist yet: give image to create it")
+        backend = cow.detect(image, host.runner)
+        backend.check_source(image)
+    elif record and record.get("firstboot") != digest:
+        module.warn(f"first-boot settings of {name} changed after it was created; they apply to "
+                    f"a new machine only (state=absent, then create it again)")
+    seen = seen._replace(stale=current_nspawn != nspawn_text or read(paths.dropin) != dropin_text)
+    actions = lifecycle.plan(state, seen, enabled=params["enabled"], restart_on_change=params["restart_on_change"])
+    result.update(changed=bool(actions), actions=actions, restart_required=lifecycle.restart_required(seen, actions))
+    if module._diff:
+        result["diff"] = {"before": current_nspawn or "", "after": nspawn_text,
+                          "before_header": paths.nspawn, "after_header": paths.nspawn}
+    if module.check_mode:
+        result["state"] = "running" if lifecycle.running_after(seen, actions) else "stopped"
+        return
+
+    if "create" in actions:
+        create(host, params, paths, spec, image, backend)
+    os.makedirs(ns.STATE_DIR, 0o755, exist_ok=True)
+    if spec.get("shared_hosts", True):
+        update_hosts(name, [a.split("/")[0] for a in (params["network"] or {}).get("addresses") or []])
+    write_file(paths.nspawn, nspawn_text)
+    dropin_changed = read(paths.dropin) != dropin_text
+    if dropin_text:
+        write_file(paths.dropin, dropin_text)
+    elif os.path.exists(paths.dropin):
+        os.unlink(paths.dropin)
+    made = "create" in actions
+    write_file(paths.record, ns.record_text(params["image"] if made else (record or {}).get("image"),
+                                            digest if made else (record or {}).get("firstboot", digest),
+                                            "nspawn_machine" if made else (record or {}).get("by", "nspawn_machine")))
+    if dropin_changed:  # the .nspawn file is read at start; only a drop-in needs a reload
+        host.run(["systemctl", "daemon-reload"])
+    for action in ("enable", "disable"):
+        if action in actions:
+            host.run(["systemctl", action, "--no-reload", "--quiet", paths.unit])
+    if "stop" in actions:
+        host.run(["systemctl", "stop", paths.unit])
+    if "start" in actions or "restart" in actions:
+        start(host, params, paths, "restart" if "restart" in actions else "start", result)
+        result["restart_required"] = False
+    result["leader"] = host.leader(name)
+    result["state"] = "running" if result["leader"] else "stopped"
+    result["addresses"] = host.addresses(result["leader"])
+
+
+def create(host, params, paths, spec, image, backend):
+    """Fork the machine and give it its first-boot files beside its place, then rename it into
+    place: killed at any point, the machine either does not exist (the re-run makes it) or is whole."""
+    os.makedirs(params["machines_dir"], 0o700, exist_ok=True)
+    cow.remove_tree(paths.partial, host.runner)
+    backend.fork(image, paths.partial)
+    try:
+        apply_firstboot(paths.partial, spec)
+        _lock.crash_point("machine-forked")
+        os.rename(paths.partial, paths.fork)
+    except (ns.MachineError, OSError):
+        cow.remove_tree(paths.partial, host.runner)
+        raise
+
+
+def start(host, params, paths, verb, result):
+    if host.unit_state(paths.unit).get("ActiveState") == "failed":
+        host.run(["systemctl", "reset-failed", paths.unit])  # else a stale "failed" reads as this start's
+    started = time.monotonic()
+    if not params["wait"]:
+        host.run(["systemctl", verb, "--no-block", paths.unit])
+        return
+    # Type=notify and NotifyReady=yes: systemctl returns when the machine is READY
+    rc, out, err = host.run(["timeout", str(params["timeout"]), "systemctl", verb, paths.unit], check=False)
+    result["ready_seconds"] = round(time.monotonic() - started, 3)
+    if rc != 0:
+        log = host.run(["journalctl", "-u", paths.unit, "-n", "20", "--no-pager"], check=False)[1]
+        hint = ""
+        if "Too many open files" in log:
+            hint = (" The host ran out of inotify instances: raise fs.inotify.max_user_instances "
+                    "(each machine's systemd takes some).")
+        result["state"] = "failed"
+        raise ns.MachineError(
+            f"machine {paths.name} did not become ready ({'timed out after' if rc == 124 else 'failed after'} "
+            f"{result['ready_seconds']} s).{hint}\n{(err or out).strip()}\n{log}")
+
+
+def remove(host, params, paths, seen):
+    """Stop and remove the machine: its units, record, name and (unless keep_data) its fork."""
+    if seen.active:
+        host.run(["systemctl", "stop", paths.unit])
+    host.run(["systemctl", "disable", "--no-reload", "--quiet", paths.unit], check=False)
+    had_dropin = os.path.exists(paths.dropin)
+    for path in (*paths.units(), paths.record):
+        if os.path.exists(path):
+            os.unlink(path)
+    folder = os.path.dirname(paths.dropin)
+    if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+    if had_dropin:  # the .nspawn file is read at start; only a drop-in needs a reload
+        host.run(["systemctl", "daemon-reload"])
+    update_hosts(paths.name, [], remove=True)
+    if seen.exists and not params["keep_data"]:
+        cow.remove_tree(paths.fork, host.runner)
 
 
 if __name__ == "__main__":

@@ -31,16 +31,13 @@ description:
   - "QEMU runs hardened: read-only system but for the VM's folder, no capabilities (CAP_NET_ADMIN
     with tap or macvtap), C(@system-service) system calls."
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: systemd, qemu-system-x86 and qemu-utils; ovmf for V(q35); swtpm and swtpm-tools for
+    O(tpm); websockify for the web console; genisoimage for O(cloud_init); btrfs-progs where the
+    VMs' folder is on btrfs."
+extends_documentation_fragment:
+  - replica.cloud.instance
 options:
-  name:
-    description: VM name, a host name label (1-63 of C([a-z0-9-]), not starting or ending with C(-)).
-    type: str
-    required: true
-  state:
-    description: V(present) (defined, not started by the module), V(started), V(stopped), V(restarted), V(absent).
-    type: str
-    choices: [present, started, stopped, restarted, absent]
-    default: started
   machine:
     description: V(microvm) (direct kernel boot through QEMU's qboot, virtio-mmio) or V(q35) (UEFI from OVMF).
     type: str
@@ -87,6 +84,17 @@ options:
     description: "Extra disks, each C({path, format}) or C({iscsi: iscsi://portal/target-iqn/lun}) (QEMU's own initiator)."
     type: list
     elements: dict
+    suboptions:
+      path:
+        description: A disk file on the host. One of O(disks[].path) and O(disks[].iscsi).
+        type: path
+      format:
+        description: The file's format (default V(raw)).
+        type: str
+        choices: [raw, qcow2]
+      iscsi:
+        description: "An iSCSI LUN, C(iscsi://PORTAL/TARGET-IQN/LUN), reached by QEMU's own initiator."
+        type: str
   iso:
     description: An installer ISO attached while the disk was never written (q35).
     type: path
@@ -107,13 +115,50 @@ options:
   cloud_init:
     description: "C({hostname, ssh_authorized_keys, users, network_config, user_data}) for a NoCloud seed."
     type: dict
+    suboptions:
+      hostname:
+        description: The guest's host name (default O(name)).
+        type: str
+      fqdn:
+        description: Its fully qualified name (default its host name).
+        type: str
+      ssh_authorized_keys:
+        description: Keys of the image's default user.
+        type: list
+        elements: str
+      users:
+        description: More users, as cloud-init's C(users) list has them (after C(default)).
+        type: list
+        elements: raw
+      network_config:
+        description: A cloud-init network configuration (version 2), given to the guest as it is.
+        type: dict
+      user_data:
+        description:
+          - The whole user data instead (C(#cloud-config) is added when missing).
+          - O(cloud_init.ssh_authorized_keys) and O(cloud_init.users) are then not used.
+        type: str
   network:
     description: "C({type: user|tap|macvtap|none, bridge, interface, mac}); the MAC is derived from the name unless given."
     type: dict
-  wait:
-    description: Return only when the guest is ready.
-    type: bool
-    default: true
+    suboptions:
+      type:
+        description: V(user) (QEMU's user-mode network, the default), V(tap) (a tap on O(network.bridge)), V(macvtap) (on O(network.interface)), V(none).
+        type: str
+        choices: [user, tap, macvtap, none]
+      bridge:
+        description: The host bridge of a V(tap) network.
+        type: str
+      interface:
+        description: The host interface of a V(macvtap) network.
+        type: str
+      mac:
+        description: The guest's MAC (default derived from O(name), RV(mac)).
+        type: str
+      mode:
+        description: The macvtap mode (default V(bridge)).
+        type: str
+        choices: [bridge, vepa, private, passthru]
   timeout:
     description: Seconds to wait for ready.
     type: int
@@ -126,10 +171,6 @@ options:
     description: Seconds a graceful stop may take before the VM is killed.
     type: int
     default: 60
-  keep_data:
-    description: With O(state=absent), keep the VM's folder.
-    type: bool
-    default: false
 notes:
   - Needs qemu-system-x86 and qemu-utils; genisoimage for O(cloud_init); ovmf for q35; swtpm and
     swtpm-tools for O(tpm); websockify for the web console; qemu-block-extra for iSCSI disks.
@@ -168,6 +209,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+actions:
+  description: What this run did to the VM, in order, or in check mode what it would do (see O(state)).
+  returned: always
+  type: list
+  elements: str
+  sample: [create, configure, start]
 state:
   description: V(running), V(stopped) or V(absent).
   returned: always
@@ -234,12 +281,14 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow
+from ansible_collections.replica.cloud.plugins.module_utils import _lifecycle as lifecycle
 from ansible_collections.replica.cloud.plugins.module_utils import _live as live
 from ansible_collections.replica.cloud.plugins.module_utils import _lock
+from ansible_collections.replica.cloud.plugins.module_utils import _params
 from ansible_collections.replica.cloud.plugins.module_utils import _qemu as vm
+from ansible_collections.replica.cloud.plugins.module_utils import _runner
 from ansible_collections.replica.cloud.plugins.module_utils._files import read_text as read, write_text as write
 
-ENV = {"LC_ALL": "C", "LANG": "C"}
 SYSTEMD_DIR = "/etc/systemd/system"
 KVM_CREATE_VM = 0xAE01
 
@@ -254,10 +303,10 @@ def kvm_works(module):
         os.close(fd)
     except OSError:
         return False
-    rc, dummy, dummy2 = module.run_command(
+    rc, dummy, dummy2 = _runner.Runner(module).run(
         ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-M", "microvm", "-nodefaults", "-no-user-config",
          "-display", "none", "-m", "16", "-S", "-qmp", "stdio"],
-        data='{"execute": "qmp_capabilities"}\n{"execute": "quit"}', environ_update=ENV)
+        data='{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n', check=False)
     return rc == 0
 
 
@@ -293,53 +342,68 @@ def qmp(path, command, timeout=5):
         return reply
 
 
+DISK_OPTIONS = {
+    "path": {"type": "path"},
+    "format": {"type": "str", "choices": ["raw", "qcow2"]},
+    "iscsi": {"type": "str"},
+}
+CLOUD_INIT_OPTIONS = {
+    "hostname": {"type": "str"},
+    "fqdn": {"type": "str"},
+    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
+    "users": {"type": "list", "elements": "raw"},
+    "network_config": {"type": "dict"},
+    "user_data": {"type": "str"},
+}
+NETWORK_OPTIONS = {
+    "type": {"type": "str", "choices": list(vm.NETWORKS)},
+    "bridge": {"type": "str"},
+    "interface": {"type": "str"},
+    "mac": {"type": "str"},
+    "mode": {"type": "str", "choices": ["bridge", "vepa", "private", "passthru"]},
+}
+ARGUMENT_SPEC = dict(_params.instance_options(timeout=120), **{
+    "machine": {"type": "str", "default": "microvm", "choices": ["microvm", "q35"]},
+    "cpus": {"type": "int", "default": 1},
+    "memory": {"type": "str", "default": "512"},
+    "accel": {"type": "str", "default": "auto", "choices": ["auto", "kvm", "tcg"]},
+    "image": {"type": "str"},
+    "images_dir": {"type": "path", "default": "/var/lib/replica/vm-images"},
+    "vms_dir": {"type": "path", "default": "/var/lib/replica/vms"},
+    "size": {"type": "str"},
+    "kernel": {"type": "path"},
+    "initrd": {"type": "path"},
+    "cmdline": {"type": "str", "default": "console=ttyS0 root=/dev/vda rw"},
+    "disks": {"type": "list", "elements": "dict", "options": DISK_OPTIONS,
+              "mutually_exclusive": [("path", "iscsi")], "required_one_of": [("path", "iscsi")]},
+    "iso": {"type": "path"},
+    "drivers_iso": {"type": "path"},
+    "tpm": {"type": "bool", "default": False},
+    "web_console": {"type": "str"},
+    "cloud_init": {"type": "dict", "options": CLOUD_INIT_OPTIONS},
+    "network": {"type": "dict", "options": NETWORK_OPTIONS},
+    "ready_pattern": {"type": "str", "default": "login:"},
+    "stop_timeout": {"type": "int", "default": 60},
+})
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "name": {"type": "str", "required": True},
-            "state": {"type": "str", "default": "started", "choices": ["present", "started", "stopped", "restarted", "absent"]},
-            "machine": {"type": "str", "default": "microvm", "choices": ["microvm", "q35"]},
-            "cpus": {"type": "int", "default": 1},
-            "memory": {"type": "str", "default": "512"},
-            "accel": {"type": "str", "default": "auto", "choices": ["auto", "kvm", "tcg"]},
-            "image": {"type": "str"},
-            "images_dir": {"type": "path", "default": "/var/lib/replica/vm-images"},
-            "vms_dir": {"type": "path", "default": "/var/lib/replica/vms"},
-            "size": {"type": "str"},
-            "kernel": {"type": "path"},
-            "initrd": {"type": "path"},
-            "cmdline": {"type": "str", "default": "console=ttyS0 root=/dev/vda rw"},
-            "disks": {"type": "list", "elements": "dict"},
-            "iso": {"type": "path"},
-            "drivers_iso": {"type": "path"},
-            "tpm": {"type": "bool", "default": False},
-            "web_console": {"type": "str"},
-            "cloud_init": {"type": "dict"},
-            "network": {"type": "dict"},
-            "wait": {"type": "bool", "default": True},
-            "timeout": {"type": "int", "default": 120},
-            "ready_pattern": {"type": "str", "default": "login:"},
-            "stop_timeout": {"type": "int", "default": 60},
-            "keep_data": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
-    params = module.params
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = _params.spec_of(module.params)
     name, state = params["name"], params["state"]
     unit = f"replica-vm@{name}.service"
     dropin_path = f"{SYSTEMD_DIR}/{unit}.d/50-vm.conf"
     vm_dir = os.path.join(params["vms_dir"], name)
     record_path = os.path.join(vm_dir, "vm.json")
-    run_paths = vm.paths(name)
-    result = {"changed": False, "state": "absent", "pid": 0, "accel": "", "qmp": run_paths["qmp"],
-              "console": run_paths["console"], "vnc": run_paths["vnc"] if params["machine"] == "q35" else "",
-              "tpm": run_paths["tpm"] if params["tpm"] else "", "web_console": "", "disk": ""}
+    result = {"changed": False, "actions": [], "state": "absent", "pid": 0, "accel": "", "qmp": "", "console": "",
+              "vnc": "", "tpm": "", "web_console": "", "disk": ""}
+    runner = _runner.Runner(module)
 
     def run(argv, check=True):
-        rc, out, err = module.run_command(argv, environ_update=ENV)
-        if check and rc != 0:
-            raise vm.VmError(f"{' '.join(argv[:4])} ... failed: {(err or out).strip()}")
-        return rc, out, err
+        try:
+            return runner.run(argv, check=check)
+        except _runner.CommandError as exc:   # a VmError: the steps that undo themselves catch it
+            raise vm.VmError(str(exc)) from exc
 
     def unit_state():
         out = run(["systemctl", "show", "--property=ActiveState,MainPID", unit], check=False)[1]
@@ -348,10 +412,15 @@ def main():
 
     try:
         vm.check_name(name)
+        run_paths = vm.paths(name)
+        result.update(qmp=run_paths["qmp"], console=run_paths["console"],
+                      vnc=run_paths["vnc"] if params["machine"] == "q35" else "",
+                      tpm=run_paths["tpm"] if params["tpm"] else "")
         with _lock.held("vm", os.path.join(os.path.abspath(params["vms_dir"]), name), f"qemu_vm {name} {state}"):
             converge(module, params, name, state, unit, dropin_path, vm_dir, record_path, run_paths, result, run, unit_state)
     except (vm.VmError, cow.CowError, _lock.LockError, OSError, ValueError) as exc:
-        module.fail_json(msg=str(exc), **result)
+        cause = exc.__cause__ if isinstance(exc.__cause__, _runner.CommandError) else exc
+        module.fail_json(msg=str(exc), **(cause.fields() if cause is not exc else {}), **result)
     module.exit_json(**result)
 
 
@@ -365,7 +434,6 @@ def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path
     """Everything after the name check, under the VM's lock; returns through exit_json."""
     # a killed run's folder being made or removed: discarded (a removal is finished below)
     left = leftovers(params["vms_dir"], name)
-    result["changed"] = bool(left)
     if left and not module.check_mode:
         for path in left:
             cow.remove_tree(path, lambda argv: run(argv, check=False))
@@ -378,32 +446,18 @@ def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path
         raise vm.VmError(f"{vm_dir} exists and is not a VM managed by replica.cloud: choose another name")
     active, pid = unit_state()
     running = active in ("active", "activating", "deactivating")
+    seen = lifecycle.Seen(known=record is not None or bool(current), exists=record is not None, active=running,
+                          leftovers=bool(left))
 
     if state == "absent":
-        if record is None and not current:
+        actions = lifecycle.plan(state, seen)
+        result.update(changed=bool(actions), actions=actions)
+        if "remove" not in actions:
             module.exit_json(**result)
-        result["changed"] = True
         if module._diff:
             result["diff"] = {"before": units_text(current), "after": ""}
-        if module.check_mode:
-            module.exit_json(**result)
-        if running:
-            stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
-        # helpers outlive a VM that crashed (PartOf= only carries a stop): stop them too
-        run(["systemctl", "stop", *helper_units(name)], check=False)
-        run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
-        if os.path.isdir(vm_dir) and not params["keep_data"]:
-            # out of the way first: killed from here on, the re-run finds the units and finishes
-            os.rename(vm_dir, os.path.join(params["vms_dir"], f".{name}.removing"))
-            _lock.crash_point("vm-removing")
-        for path in current:
-            os.unlink(path)
-            if not os.listdir(os.path.dirname(path)):
-                os.rmdir(os.path.dirname(path))
-        if current:
-            run(["systemctl", "daemon-reload"])
-        for path in leftovers(params["vms_dir"], name):
-            cow.remove_tree(path, lambda argv: run(argv, check=False))
+        if not module.check_mode:
+            remove_vm(module, params, name, unit, vm_dir, run_paths, run, unit_state, current, running)
         module.exit_json(**result)
 
     spec = dict(params)
@@ -411,6 +465,7 @@ def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path
     accel = params["accel"] if params["accel"] != "auto" else ("kvm" if kvm_works(module) else "tcg")
     result["accel"] = accel
     create = record is None
+    image = image_format = None
     disk_format = (record or {}).get("disk_format")
     disk = (record or {}).get("disk")
     if create:
@@ -463,9 +518,11 @@ def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path
     changed_settings = current != wanted or templates_changed
     # a run killed after writing the units and before daemon-reload: systemd still has the old ones
     reload_needed = changed_settings or create or needs_daemon_reload(run, vm.instance_units(name))
-    will_start = state in ("started", "restarted") and (not running or state == "restarted")
-    will_stop = state == "stopped" and running
-    result["changed"] = bool(left) or create or changed_settings or reload_needed or seed_changed or will_start or will_stop
+    seen = seen._replace(stale=changed_settings or reload_needed or seed_changed)
+    actions = lifecycle.plan(state, seen)
+    will_start = "start" in actions or "restart" in actions
+    will_stop = "stop" in actions
+    result.update(changed=bool(actions), actions=actions)
     # what runs is older than its files (also when the run that wrote them was killed)
     older = running and not create and started_before(run, unit, [*current, os.path.join(vm_dir, "seed.iso")])
     result["restart_required"] = bool(running and (changed_settings or seed_changed or older) and not will_start)
@@ -475,36 +532,13 @@ def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path
         result["diff"] = {"before": units_text(current), "after": units_text(wanted),
                           "before_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d", "after_header": f"{SYSTEMD_DIR}/replica-vm*@{name}.*.d"}
     if module.check_mode:
-        result["state"] = "running" if (running and not will_stop) or will_start else "stopped"
+        result["state"] = "running" if lifecycle.running_after(seen, actions) else "stopped"
         module.exit_json(**result)
 
     record_text = json.dumps({"disk": disk, "disk_format": disk_format, "image": params["image"],
                               "seed": seed_files, "written": bool((record or {}).get("written"))}, indent=1) + "\n"
     if create:
-        # made whole beside its place, then renamed: killed before the rename, the re-run discards it
-        partial = os.path.join(params["vms_dir"], f".{name}.partial")
-        os.mkdir(partial, 0o700)
-        try:
-            inside = os.path.join(partial, os.path.basename(disk))
-            if disk_format == "raw":
-                run(["cp", "--reflink=always", image, inside])
-            else:
-                run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, inside])
-            if params["size"]:
-                run(["qemu-img", "resize", "-q", "-f", disk_format, inside, params["size"]])
-            if firmware:
-                shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"),
-                                os.path.join(partial, os.path.basename(firmware[1])))
-            if seed_files is not None:
-                build_seed(run, partial, seed_files)
-            if params["tpm"]:
-                os.mkdir(os.path.join(partial, "tpm"), 0o700)  # the TPM's state, snapshotted with the disk
-            write(os.path.join(partial, "vm.json"), record_text)  # last: a folder with a record is whole
-            _lock.crash_point("vm-created")
-            os.rename(partial, vm_dir)
-        except (vm.VmError, OSError):
-            cow.remove_tree(partial, lambda argv: run(argv, check=False))
-            raise
+        create_vm(params, name, vm_dir, run, image, image_format, disk, disk_format, firmware, seed_files, record_text)
     elif seed_changed:
         build_seed(run, vm_dir, seed_files)
     if params["tpm"]:
@@ -524,30 +558,84 @@ def converge(module, params, name, state, unit, dropin_path, vm_dir, record_path
     if will_stop:
         stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
     if will_start:
-        if running:
-            stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
-        # a TPM left running by a VM that crashed would keep the old state: start afresh
-        run(["systemctl", "stop", *helper_units(name)], check=False)
-        run(["systemctl", "reset-failed", unit, *helper_units(name)], check=False)
-        if os.path.exists(run_paths["serial_log"]):
-            os.unlink(run_paths["serial_log"])
-        started = time.monotonic()
-        rc, out, err = run(["systemctl", "start", unit], check=False)
-        if rc != 0:
-            journal = run(["journalctl", "--no-pager", "-n", "30", "-o", "cat", "-u", unit,
-                           "-u", f"replica-vm-swtpm@{name}.service"], check=False)[1]
-            raise vm.VmError(f"systemctl start {unit} failed: {(err or out).strip()}\n{journal}")
-        if params["wait"]:
-            wait_ready(params, run_paths["serial_log"], started, unit_state, result)
-        # the disk has been written: installer media are not attached again
-        with open(record_path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-        saved["written"] = True
-        write(record_path, json.dumps(saved, indent=1) + "\n")
-        result["restart_required"] = False
+        start_vm(module, params, name, unit, record_path, run_paths, run, unit_state, running, result)
     active, pid = unit_state()
     result["pid"] = pid
     result["state"] = "running" if active == "active" else "stopped"
+
+
+def remove_vm(module, params, name, unit, vm_dir, run_paths, run, unit_state, current, running):
+    """Stop the VM and its helpers, move its folder aside, remove its units, then its folder."""
+    if running:
+        stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+    # helpers outlive a VM that crashed (PartOf= only carries a stop): stop them too
+    run(["systemctl", "stop", *helper_units(name)], check=False)
+    run(["systemctl", "disable", "--no-reload", "--quiet", unit], check=False)
+    if os.path.isdir(vm_dir) and not params["keep_data"]:
+        # out of the way first: killed from here on, the re-run finds the units and finishes
+        os.rename(vm_dir, os.path.join(params["vms_dir"], f".{name}.removing"))
+        _lock.crash_point("vm-removing")
+    for path in current:
+        os.unlink(path)
+        if not os.listdir(os.path.dirname(path)):
+            os.rmdir(os.path.dirname(path))
+    if current:
+        run(["systemctl", "daemon-reload"])
+    for path in leftovers(params["vms_dir"], name):
+        cow.remove_tree(path, lambda argv: run(argv, check=False))
+
+
+def create_vm(params, name, vm_dir, run, image, image_format, disk, disk_format, firmware, seed_files, record_text):
+    """Make the VM's folder whole beside its place, then rename it: killed before the rename, the
+    re-run discards it."""
+    partial = os.path.join(params["vms_dir"], f".{name}.partial")
+    os.mkdir(partial, 0o700)
+    try:
+        inside = os.path.join(partial, os.path.basename(disk))
+        if disk_format == "raw":
+            run(["cp", "--reflink=always", image, inside])
+        else:
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format, "-b", image, inside])
+        if params["size"]:
+            run(["qemu-img", "resize", "-q", "-f", disk_format, inside, params["size"]])
+        if firmware:
+            shutil.copyfile(firmware[0].replace("CODE", "VARS").replace(".ms.fd", ".fd"),
+                            os.path.join(partial, os.path.basename(firmware[1])))
+        if seed_files is not None:
+            build_seed(run, partial, seed_files)
+        if params["tpm"]:
+            os.mkdir(os.path.join(partial, "tpm"), 0o700)  # the TPM's state, snapshotted with the disk
+        write(os.path.join(partial, "vm.json"), record_text)  # last: a folder with a record is whole
+        _lock.crash_point("vm-created")
+        os.rename(partial, vm_dir)
+    except (vm.VmError, OSError):
+        cow.remove_tree(partial, lambda argv: run(argv, check=False))
+        raise
+
+
+def start_vm(module, params, name, unit, record_path, run_paths, run, unit_state, running, result):
+    """(Re)start the VM afresh, with its helpers, and wait until it is ready when asked to."""
+    if running:
+        stop(module, run, unit, run_paths, params["stop_timeout"], unit_state)
+    # a TPM left running by a VM that crashed would keep the old state: start afresh
+    run(["systemctl", "stop", *helper_units(name)], check=False)
+    run(["systemctl", "reset-failed", unit, *helper_units(name)], check=False)
+    if os.path.exists(run_paths["serial_log"]):
+        os.unlink(run_paths["serial_log"])
+    started = time.monotonic()
+    rc, out, err = run(["systemctl", "start", unit], check=False)
+    if rc != 0:
+        journal = run(["journalctl", "--no-pager", "-n", "30", "-o", "cat", "-u", unit,
+                       "-u", f"replica-vm-swtpm@{name}.service"], check=False)[1]
+        raise vm.VmError(f"systemctl start {unit} failed: {(err or out).strip()}\n{journal}")
+    if params["wait"]:
+        wait_ready(params, run_paths["serial_log"], started, unit_state, result)
+    # the disk has been written: installer media are not attached again
+    with open(record_path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    saved["written"] = True
+    write(record_path, json.dumps(saved, indent=1) + "\n")
+    result["restart_required"] = False
 
 
 # ExecStop: ACPI power-down through QMP, then wait for QEMU ($MAINPID) to exit; systemd kills

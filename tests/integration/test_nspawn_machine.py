@@ -64,9 +64,11 @@ def test_lifecycle_names_and_firstboot(lab, lab_host):
     rc, checked = nm(web, "--check", "--diff")
     assert rc == 0 and checked["changed"]
     assert not os.path.exists(os.path.join(machine.directory, "var/lib/machines/web1"))
+    assert checked["actions"] == ["create", "configure", "enable", "start"] and checked["state"] == "running"
 
     rc, started = nm(web)
     assert rc == 0 and started["changed"] and started["state"] == "running" and started["leader"] > 0
+    assert started["actions"] == checked["actions"]   # check mode said what the run then did
     assert "10.77.0.11" in started["addresses"] and started["ready_seconds"] < 30
     rc, other = nm(db)
     assert rc == 0 and other["state"] == "running"
@@ -98,12 +100,17 @@ def test_lifecycle_names_and_firstboot(lab, lab_host):
 
     # idempotent; a changed setting asks for a restart, and gets one when asked
     rc, again = nm(web)
-    assert rc == 0 and not again["changed"]
+    assert rc == 0 and not again["changed"] and again["actions"] == []
     web["memory_max"] = "256M"
+    rc, checked = nm(web, "--check")
+    assert rc == 0 and checked["actions"] == ["configure"] and checked["restart_required"]
     rc, changed = nm(web)
-    assert rc == 0 and changed["changed"] and changed["restart_required"]
+    assert rc == 0 and changed["changed"] and changed["restart_required"] and changed["actions"] == checked["actions"]
+    rc, checked = nm(dict(web, state="restarted"), "--check")
+    assert rc == 0 and checked["actions"] == ["restart"]
     rc, restarted = nm(dict(web, state="restarted"))
     assert rc == 0 and restarted["changed"] and not restarted["restart_required"]
+    assert restarted["actions"] == checked["actions"]
     assert "MemoryMax=268435456" in lab.exec(machine, ["systemctl", "show", "-p", "MemoryMax",
                                                        "systemd-nspawn@web1.service"]).stdout
 
@@ -125,8 +132,11 @@ def test_lifecycle_names_and_firstboot(lab, lab_host):
         assert not os.path.exists(os.path.join(machine.directory, f"etc/systemd/nspawn/{name}.nspawn"))
 
     # removal: unit settings, name and fork go
+    rc, checked = nm({"name": "web1", "state": "absent"}, "--check")
+    assert rc == 0 and checked["actions"] == ["remove"]   # it was stopped above
+    assert os.path.exists(os.path.join(machine.directory, "var/lib/machines/web1"))
     rc, gone = nm({"name": "web1", "state": "absent"})
-    assert rc == 0 and gone["changed"]
+    assert rc == 0 and gone["changed"] and gone["actions"] == checked["actions"]
     assert not os.path.exists(os.path.join(machine.directory, "var/lib/machines/web1"))
     assert not os.path.exists(os.path.join(machine.directory, "etc/systemd/nspawn/web1.nspawn"))
     assert "web1" not in inside(lab, machine, "db1", "cat /etc/hosts").stdout

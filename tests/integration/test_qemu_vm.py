@@ -45,9 +45,11 @@ def test_microvm_lifecycle(lab, lab_host):
 
     rc, checked = qv(spec, "--check", "--diff")
     assert rc == 0 and checked["changed"] and not os.path.exists(os.path.join(machine.directory, "var/lib/replica/vms/tiny1"))
+    assert checked["actions"] == ["create", "configure", "start"] and checked["state"] == "running"
 
     rc, up = qv(spec)
     assert rc == 0 and up["changed"] and up["state"] == "running" and up["pid"] > 0
+    assert up["actions"] == checked["actions"]   # check mode said what the run then did
     assert up["accel"] in ("kvm", "tcg") and up["ready_seconds"] > 0
     assert up["disk"].endswith("disk.raw")  # a reflink fork on the lab host's btrfs
     vm_dir = os.path.join(machine.directory, "var/lib/replica/vms/tiny1")
@@ -85,7 +87,11 @@ def test_microvm_lifecycle(lab, lab_host):
     rc, gone = qv({"name": "kill1", "state": "absent"})
     assert rc == 0 and not gone["changed"]
 
+    rc, checked = qv(dict(spec, state="stopped"), "--check")
+    # spec's memory is not bigger's, which the VM has now: its settings are written, then it stops
+    assert rc == 0 and checked["actions"] == ["configure", "stop"] and checked["state"] == "stopped"
     rc, down = qv(dict(spec, state="stopped"))
+    assert down["actions"] == checked["actions"]
     assert rc == 0 and down["changed"] and down["state"] == "stopped"
     log = lab.exec(machine, ["journalctl", "-u", "replica-vm@tiny1.service", "--no-pager"]).stdout
     assert "Deactivated successfully" in log.splitlines()[-1] or "Deactivated successfully" in log  # graceful

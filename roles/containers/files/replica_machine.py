@@ -22,43 +22,34 @@ sys.path.insert(0, "/usr/local/lib/replica/python")
 # pylint: disable=wrong-import-position,import-error
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow  # noqa: E402
 from ansible_collections.replica.cloud.plugins.module_utils import _nspawn as ns  # noqa: E402
-
-DEFAULTS = "/etc/replica/machines/defaults.json"
+from ansible_collections.replica.cloud.plugins.module_utils._files import read_text, write_text  # noqa: E402
 
 
 def prepare(name):
-    ns.check_name(name)
-    with open(DEFAULTS, encoding="utf-8") as handle:
+    ns.check_name(name)   # before anything is read: the rule's own message
+    with open(ns.DEFAULTS, encoding="utf-8") as handle:
         defaults = json.load(handle)
-    machines_dir = defaults.get("machines_dir", "/var/lib/machines")
-    fork = os.path.join(machines_dir, name)
-    nspawn_path = f"/etc/systemd/nspawn/{name}.nspawn"
-    record_path = f"/etc/replica/machines/{name}.json"
-    if os.path.isdir(fork) and os.path.exists(nspawn_path):
+    paths = ns.layout(name, defaults.get("machines_dir", ns.MACHINES_DIR))
+    if os.path.isdir(paths.fork) and os.path.exists(paths.nspawn):
         return f"{name}: ready to boot"
-    record = {}
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            record = json.load(handle)
+    record = ns.parse_record(read_text(paths.record)) or {}
     image = record.get("image") or defaults.get("image")
     if not image:
         raise ns.MachineError(f"machine {name} has no image, and no default image is set (containers_default_image)")
-    image_path = image if image.startswith("/") else os.path.join(defaults["images_dir"], image)
-    if not os.path.isdir(fork):
-        if not os.path.isdir(image_path):
-            raise ns.MachineError(f"image {image_path} is not there")
+    image_path = ns.image_path(image, defaults.get("images_dir", ns.IMAGES_DIR))
+    if not os.path.isdir(paths.fork):
         backend = cow.detect(image_path, cow.subprocess_runner)
         backend.check_source(image_path)
-        backend.fork(image_path, fork)
-        with open(os.path.join(fork, "etc/hostname"), "w", encoding="utf-8") as handle:
-            handle.write(f"{name}\n")
-    if not os.path.exists(nspawn_path):
-        os.makedirs(os.path.dirname(nspawn_path), exist_ok=True)
-        with open(nspawn_path, "w", encoding="utf-8") as handle:
-            handle.write(ns.render_nspawn({"name": name, "shared_hosts": os.path.exists(ns.HOSTS_FILE)}))
-    if not os.path.exists(record_path):
-        with open(record_path, "w", encoding="utf-8") as handle:
-            json.dump({"image": image, "firstboot": None, "by": "replica-machine"}, handle)
+        # forked beside its place and renamed into it, as the module does: never half a root
+        cow.remove_tree(paths.partial, cow.subprocess_runner)
+        backend.fork(image_path, paths.partial)
+        write_text(os.path.join(paths.partial, "etc/hostname"), f"{name}\n")
+        os.rename(paths.partial, paths.fork)
+    if not os.path.exists(paths.nspawn):
+        os.makedirs(os.path.dirname(paths.nspawn), exist_ok=True)
+        write_text(paths.nspawn, ns.render_nspawn({"name": name, "shared_hosts": os.path.exists(ns.HOSTS_FILE)}))
+    if not os.path.exists(paths.record):
+        write_text(paths.record, ns.record_text(image, None, "replica-machine"))
     return f"{name}: forked from {image_path}"
 
 
@@ -68,7 +59,7 @@ def main(argv):
         return 2
     try:
         print(prepare(argv[1]))
-    except (ns.MachineError, cow.CowError, OSError, ValueError, KeyError) as exc:
+    except (ns.MachineError, cow.CowError, OSError, ValueError, KeyError) as exc:  # ValueError: a bad name or JSON
         print(f"replica-machine {argv[1]}: {exc}", file=sys.stderr)
         return 1
     return 0

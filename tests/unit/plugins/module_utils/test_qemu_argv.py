@@ -66,7 +66,7 @@ def test_iscsi_disk():
     ({"name": "x", "kernel": "/k", "tpm": True}, "tpm needs machine q35"),
     ({"name": "x", "kernel": "/k", "iso": "/a.iso"}, "iso needs machine q35"),
     ({"name": "x", "machine": "pc"}, "machine"),
-    ({"name": "X!", "kernel": "/k"}, "VM name"),
+    ({"name": "X!", "kernel": "/k"}, "machine name 'X!' must be a host name label"),
     ({"name": "x", "kernel": "/k", "network": {"type": "tap"}}, "bridge"),
     ({"name": "x", "kernel": "/k", "memory": "lots"}, "memory"),
 ])
