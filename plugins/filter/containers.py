@@ -18,6 +18,14 @@ def containers_inventory(machines, images, known_images=None, default_image=None
         raise AnsibleFilterError(f"containers inventory: {exc}") from exc
 
 
+def containers_lambdas(lambdas):
+    """The lambdas, checked (_nspawn.check_lambdas); an AnsibleFilterError names the culprit."""
+    try:
+        return _nspawn.check_lambdas(lambdas)
+    except _nspawn.MachineError as exc:
+        raise AnsibleFilterError(f"containers lambdas: {exc}") from exc
+
+
 def machine_layout(name, machines_dir=_nspawn.MACHINES_DIR):
     """Where machine *name*'s files and units are (_nspawn.layout, the module's own), as a dict."""
     try:
@@ -30,4 +38,5 @@ class FilterModule:
     """replica.cloud containers filters."""
 
     def filters(self):
-        return {"containers_inventory": containers_inventory, "machine_layout": machine_layout}
+        return {"containers_inventory": containers_inventory, "containers_lambdas": containers_lambdas,
+                "machine_layout": machine_layout}

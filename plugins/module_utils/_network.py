@@ -601,6 +601,14 @@ def instance_network(segment, ipv4=None, ipv6=None):
     return dict(attach, addresses=addresses, gateway=gateways, dns=gateways)
 
 
+def instance_files(segment, ipv4=None, ipv6=None):
+    """The first-boot files of a container in *segment* (the ``files`` option of nspawn_machine):
+    ``/etc/resolv.conf`` naming the segment's resolvers (its gateways) and searching its zone."""
+    dns = instance_network(segment, ipv4=ipv4, ipv6=ipv6)["dns"]
+    lines = [f"nameserver {address}" for address in dns] + [f"search {segment['zone']}"]
+    return [{"path": "/etc/resolv.conf", "content": "\n".join(lines) + "\n"}]
+
+
 def cloud_init_network(mac, segment, ipv4=None, ipv6=None):
     """A cloud-init network configuration (version 2) that gives the NIC with *mac* the
     instance's static addresses, the segment's gateways and resolver (for VMs)."""

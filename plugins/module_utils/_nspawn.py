@@ -16,7 +16,7 @@ import os
 import re
 from collections import namedtuple
 
-from ansible_collections.replica.cloud.plugins.module_utils import _names
+from ansible_collections.replica.cloud.plugins.module_utils import _names, _params
 from ansible_collections.replica.cloud.plugins.module_utils._sandbox import escape_path
 
 HEADER = "# Managed by replica.cloud.nspawn_machine"
@@ -35,6 +35,73 @@ MACHINES_DIR = "/var/lib/machines"
 IMAGES_DIR = "/var/lib/machines/.images"
 NSPAWN_DIR = "/etc/systemd/nspawn"
 SYSTEMD_DIR = "/etc/systemd/system"
+
+
+#: nspawn_machine's options (its argument spec), which the containers role checks its entries against
+NETWORK_OPTIONS = {
+    "type": {"type": "str", "choices": list(NETWORK_TYPES)},
+    "bridge": {"type": "str"},
+    "interface": {"type": "str"},
+    "addresses": {"type": "list", "elements": "str"},
+    "gateway": {"type": "raw"},
+    "dns": {"type": "list", "elements": "str"},
+}
+USER_OPTIONS = {
+    "name": {"type": "str", "required": True},
+    "uid": {"type": "int"},
+    "groups": {"type": "list", "elements": "str"},
+    "shell": {"type": "str"},
+    "gecos": {"type": "str"},
+    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
+}
+FILE_OPTIONS = {
+    "path": {"type": "str", "required": True},
+    "content": {"type": "str"},
+    "link": {"type": "str"},
+    "mode": {"type": "raw"},
+    "uid": {"type": "int"},
+    "gid": {"type": "int"},
+}
+NFS_OPTIONS = {
+    "what": {"type": "str", "required": True},
+    "where": {"type": "str", "required": True},
+    "options": {"type": "str"},
+    "idle": {"type": "str"},
+}
+ARGUMENT_SPEC = dict(_params.instance_options(timeout=60), **{
+    "image": {"type": "str"},
+    "images_dir": {"type": "path", "default": IMAGES_DIR},
+    "machines_dir": {"type": "path", "default": MACHINES_DIR},
+    "hostname": {"type": "str"},
+    "domain": {"type": "str"},
+    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
+    "users": {"type": "list", "elements": "dict", "options": USER_OPTIONS},
+    "timezone": {"type": "str"},
+    "files": {"type": "list", "elements": "dict", "options": FILE_OPTIONS,
+              "mutually_exclusive": [("content", "link")]},
+    "network": {"type": "dict", "options": NETWORK_OPTIONS},
+    "binds": {"type": "list", "elements": "raw"},
+    "binds_ro": {"type": "list", "elements": "raw"},
+    "nfs": {"type": "list", "elements": "dict", "options": NFS_OPTIONS},
+    "gpu": {"type": "bool", "default": False},
+    "memory_max": {"type": "str"},
+    "cpu_weight": {"type": "int"},
+    "tasks_max": {"type": "int"},
+    "capabilities": {"type": "list", "elements": "str"},
+    "private_users": {"type": "str"},
+    "settings": {"type": "dict"},
+    "stop_when_unneeded": {"type": "bool", "default": False},
+    "enabled": {"type": "bool", "default": True},
+    "restart_on_change": {"type": "bool", "default": False},
+})
+
+
+#: what a containers_machines entry may say besides the module's options
+ROLE_KEYS = {"segment": "the network segment the machine joins (instance_address)"}
+#: nspawn_machine's options the containers role sets itself, which an entry may not say
+ROLE_OWNED = {"images_dir": "containers_images_dir sets it for all machines",
+              "machines_dir": "systemd-nspawn@.service looks in /var/lib/machines",
+              "stop_when_unneeded": "containers_lambdas are the machines that stop when unneeded"}
 
 
 class MachineError(ValueError):
@@ -223,6 +290,55 @@ def check_limits(spec):
     return out
 
 
+def check_keys(entry, what, spec=None, role_keys=None):
+    """A misspelled key in an entry fails here, before anything is made, naming the keys known:
+    the module's options (and the role's own *role_keys*), and in each dict option its suboptions."""
+    spec = ARGUMENT_SPEC if spec is None else spec
+    role_keys = ROLE_KEYS if role_keys is None else role_keys
+    unknown = sorted(set(entry) - set(spec) - set(role_keys))
+    if unknown:
+        raise MachineError(f"{what}: unknown {'keys' if len(unknown) > 1 else 'key'} {', '.join(unknown)} (known: "
+                           f"{', '.join(sorted(set(spec) | set(role_keys)))})")
+    for key, option in spec.items():
+        value, suboptions = entry.get(key), option.get("options")
+        if not suboptions or value is None:
+            continue
+        for index, item in enumerate(value if option["type"] == "list" else [value]):
+            if not isinstance(item, dict):
+                raise MachineError(f"{what}: {key} must be {'a list of mappings' if option['type'] == 'list' else 'a mapping'}"
+                                   f", got {item!r:.60}")
+            where = f"{key}[{index}]" if option["type"] == "list" else key
+            check_keys(item, f"{what}: {where}", suboptions, {})
+
+
+#: what a containers_lambdas entry says
+LAMBDA_KEYS = {key: ARGUMENT_SPEC[key] for key in ("name", "image", "files", "memory_max", "keep_data")}
+LAMBDA_KEYS.update({key: {"type": "str"} for key in ("listen", "address", "port", "idle", "bridge", "state")})
+
+
+def check_lambdas(lambdas):
+    """The containers role's lambdas, checked like its machines: a list of mappings, the name
+    rule, no name twice, no unknown key. Returns them."""
+    if not isinstance(lambdas, (list, tuple)) or not all(isinstance(item, dict) for item in lambdas):
+        raise MachineError(f"containers_lambdas must be a list of mappings, got {type(lambdas).__name__} {lambdas!r:.60}")
+    names = []
+    for index, entry in enumerate(lambdas):
+        try:
+            name = check_name(entry.get("name"))
+        except MachineError as exc:
+            raise MachineError(f"containers_lambdas #{index + 1}: {exc}") from None
+        if name in names:
+            raise MachineError(f"containers_lambdas: lambda {name!r} is declared twice")
+        names.append(name)
+        check_keys(entry, f"lambda {name!r}", LAMBDA_KEYS, {})
+        if entry.get("state", "present") not in ("present", "absent"):
+            raise MachineError(f"lambda {name!r}: state {entry['state']!r} must be present or absent")
+        missing = [key for key in ("listen", "address", "port") if entry.get("state", "present") != "absent" and key not in entry]
+        if missing:
+            raise MachineError(f"lambda {name!r} needs {', '.join(missing)}")
+    return lambdas
+
+
 def check_inventory(machines, images, known_images=None, default_image=None):
     """Check the containers role's inventory before anything is made: lists of mappings (not a
     string from the command line), one rule for names, no name twice, every machine's image
@@ -252,6 +368,10 @@ def check_inventory(machines, images, known_images=None, default_image=None):
             raise MachineError(f"containers_machines: machine {name!r} is declared twice (#{seen[name] + 1} and "
                                f"#{index + 1}): each run would flip between the two; keep one")
         seen[name] = index
+        owned = sorted(set(machine) & set(ROLE_OWNED))
+        if owned:
+            raise MachineError(f"machine {name!r}: {owned[0]} is not set per machine ({ROLE_OWNED[owned[0]]})")
+        check_keys(machine, f"machine {name!r}")
         if machine.get("state", "started") == "absent":
             continue
         try:

@@ -131,6 +131,14 @@ network:
   returned: state is present
   type: dict
   sample: {type: bridge, bridge: br-lan, addresses: [10.20.1.57/24], gateway: [10.20.1.1], dns: [10.20.1.1]}
+files:
+  description:
+    - The first-boot files for M(replica.cloud.nspawn_machine) (its O(replica.cloud.nspawn_machine#module:files) option) - a
+      C(/etc/resolv.conf) with the segment's resolvers that searches its zone.
+  returned: state is present
+  type: list
+  elements: dict
+  sample: [{path: /etc/resolv.conf, content: "nameserver 10.20.1.1\nsearch lan.host1.home.arpa\n"}]
 cloud_init_network:
   description: A cloud-init network configuration (version 2) with these addresses for the NIC with O(mac), for a VM's seed.
   returned: state is present and O(mac) is given
@@ -360,7 +368,8 @@ def main():
         result["changed"] = _sync_instance_sets(module, params["config_dir"], result) or result["changed"]
     if params["mac"]:
         result["cloud_init_network"] = _network.cloud_init_network(params["mac"], segment, ipv4=ipv4, ipv6=ipv6)
-    result.update(ipv4=ipv4, ipv6=ipv6, network=_network.instance_network(segment, ipv4=ipv4, ipv6=ipv6))
+    result.update(ipv4=ipv4, ipv6=ipv6, network=_network.instance_network(segment, ipv4=ipv4, ipv6=ipv6),
+                  files=_network.instance_files(segment, ipv4=ipv4, ipv6=ipv6))
     module.exit_json(**result)
 
 

@@ -406,66 +406,8 @@ def find_gpu(module):
     return {"devices": devices, "libraries": sorted(libraries), "binaries": binaries}
 
 
-NETWORK_OPTIONS = {
-    "type": {"type": "str", "choices": list(ns.NETWORK_TYPES)},
-    "bridge": {"type": "str"},
-    "interface": {"type": "str"},
-    "addresses": {"type": "list", "elements": "str"},
-    "gateway": {"type": "raw"},
-    "dns": {"type": "list", "elements": "str"},
-}
-USER_OPTIONS = {
-    "name": {"type": "str", "required": True},
-    "uid": {"type": "int"},
-    "groups": {"type": "list", "elements": "str"},
-    "shell": {"type": "str"},
-    "gecos": {"type": "str"},
-    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
-}
-FILE_OPTIONS = {
-    "path": {"type": "str", "required": True},
-    "content": {"type": "str"},
-    "link": {"type": "str"},
-    "mode": {"type": "raw"},
-    "uid": {"type": "int"},
-    "gid": {"type": "int"},
-}
-NFS_OPTIONS = {
-    "what": {"type": "str", "required": True},
-    "where": {"type": "str", "required": True},
-    "options": {"type": "str"},
-    "idle": {"type": "str"},
-}
-ARGUMENT_SPEC = dict(_params.instance_options(timeout=60), **{
-    "image": {"type": "str"},
-    "images_dir": {"type": "path", "default": ns.IMAGES_DIR},
-    "machines_dir": {"type": "path", "default": ns.MACHINES_DIR},
-    "hostname": {"type": "str"},
-    "domain": {"type": "str"},
-    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
-    "users": {"type": "list", "elements": "dict", "options": USER_OPTIONS},
-    "timezone": {"type": "str"},
-    "files": {"type": "list", "elements": "dict", "options": FILE_OPTIONS,
-              "mutually_exclusive": [("content", "link")]},
-    "network": {"type": "dict", "options": NETWORK_OPTIONS},
-    "binds": {"type": "list", "elements": "raw"},
-    "binds_ro": {"type": "list", "elements": "raw"},
-    "nfs": {"type": "list", "elements": "dict", "options": NFS_OPTIONS},
-    "gpu": {"type": "bool", "default": False},
-    "memory_max": {"type": "str"},
-    "cpu_weight": {"type": "int"},
-    "tasks_max": {"type": "int"},
-    "capabilities": {"type": "list", "elements": "str"},
-    "private_users": {"type": "str"},
-    "settings": {"type": "dict"},
-    "stop_when_unneeded": {"type": "bool", "default": False},
-    "enabled": {"type": "bool", "default": True},
-    "restart_on_change": {"type": "bool", "default": False},
-})
-
-
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ns.ARGUMENT_SPEC, supports_check_mode=True)
     params = _params.spec_of(module.params)
     name = params["name"]
     result = {"changed": False, "actions": [], "fork": os.path.join(params["machines_dir"], name),

@@ -262,6 +262,10 @@ def test_a_macvlan_segment_sits_on_its_uplink_beside_its_instances():
     assert net.instance_network(ext, "10.20.3.9", "fd00:20:3::9") == {
         "type": "macvlan", "interface": "eth0", "addresses": ["10.20.3.9/24", "fd00:20:3::9/64"],
         "gateway": ["10.20.3.1", "fd00:20:3::1"], "dns": ["10.20.3.1", "fd00:20:3::1"]}
+    # the container's resolver: the segment's gateways, searching its zone
+    assert net.instance_files(ext, "10.20.3.9", "fd00:20:3::9") == [{
+        "path": "/etc/resolv.conf",
+        "content": f"nameserver 10.20.3.1\nnameserver fd00:20:3::1\nsearch {ext['zone']}\n"}]
 
 
 def test_a_macvlan_segment_is_policed_by_its_host_link(tmp_path):
