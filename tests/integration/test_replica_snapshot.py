@@ -13,17 +13,33 @@ import sys
 
 import pytest
 
+from ansible_collections.replica.cloud.plugins.module_utils import _tools
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMMAND = os.path.join(ROOT, "roles/storage/files/replica_snapshot.py")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mounts need root")
 
 
-def replica_snapshot(policies, *argv):
-    # as installed: the command next to _cow.py and _retention.py, run by the system's Python
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "plugins/module_utils"))
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    return subprocess.run([python, COMMAND, "--policies", str(policies), *argv], env=env,
-                          text=True, capture_output=True, check=False)
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The replica-tools package's files, laid out as it installs them (under a scratch root)."""
+    root = tmp_path_factory.mktemp("replica-tools")
+    spec = _tools.package_spec(lambda relative: open(os.path.join(ROOT, relative), encoding="utf-8").read(), "0.1.0")
+    for item in spec["files"]:
+        path = root / item["dest"].lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(item["content"])
+    return root
+
+
+@pytest.fixture
+def replica_snapshot(installed):
+    def run(policies, *argv):
+        # as installed: the command beside the module_utils of its package, run by the system's Python
+        env = dict(os.environ, PYTHONPATH=str(installed / _tools.PYTHON_DIR.lstrip("/")))
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        return subprocess.run([python, str(installed / _tools.PYTHON_DIR.lstrip("/") / "replica_snapshot.py"),
+                               "--policies", str(policies), *argv], env=env, text=True, capture_output=True, check=False)
+    return run
 
 
 @pytest.fixture
@@ -37,7 +53,7 @@ def policy(loop_fs, tmp_path):
     return policies, fs
 
 
-def test_snapshot_prune_list(policy):
+def test_snapshot_prune_list(policy, replica_snapshot):
     policies, fs = policy
     snaps = fs / ".snapshots"
     snaps.mkdir()
@@ -63,7 +79,7 @@ def test_snapshot_prune_list(policy):
     assert again.returncode == 0 and "0 deleted" in again.stdout
 
 
-def test_failures_are_clear(policy):
+def test_failures_are_clear(policy, replica_snapshot):
     policies, fs = policy
     (policies / "gone.json").write_text(json.dumps({"src": str(fs / "missing"), "retention": {}}))
     result = replica_snapshot(policies, "gone")

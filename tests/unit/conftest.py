@@ -16,3 +16,20 @@ _COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.p
 
 if os.path.isdir(os.path.join(_COLLECTIONS, 'ansible_collections')) and _COLLECTIONS not in sys.path:
     sys.path.insert(0, _COLLECTIONS)
+
+_TOP = os.path.dirname(_COLLECTIONS)
+
+
+def run_module_process(module, args, tmp_path, **flags):
+    """Run plugins/modules/MODULE.py as Ansible runs it (a process given its arguments' file) and
+    return its JSON result; *flags* are Ansible's own (``_ansible_check_mode=True``)."""
+    import json  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    path = os.path.join(str(tmp_path), f"{module}.args.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": dict(args, **flags)}, handle)
+    env = dict(os.environ, PYTHONPATH=_COLLECTIONS, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+    out = subprocess.run([sys.executable, os.path.join(_TOP, "plugins", "modules", f"{module}.py"), path],
+                         capture_output=True, text=True, env=env, check=False)
+    assert "Traceback" not in out.stderr, out.stderr
+    return json.loads(out.stdout)

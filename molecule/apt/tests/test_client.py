@@ -43,6 +43,18 @@ def test_the_source_trees_package_came_from_the_repository(host):
     assert host.check_output("dpkg-query -W -f='${Version}' replica-motd") == "1.0"
 
 
+def test_the_collections_tools_came_from_the_repository(host):
+    """replica-tools, built by the server's pipeline from the collection's own files and
+    installed with apt from the signed repository: its commands run."""
+    policy = host.check_output("apt-cache policy replica-tools")
+    assert f"{repo_uri(host).rstrip('/')} lab/main amd64 Packages" in policy
+    installed = host.check_output("dpkg-query -W -f='${Version}' replica-tools")
+    assert "+" in installed and f"*** {installed} 500" in policy   # the one installed is the repository's
+    assert host.check_output("dpkg -S /usr/sbin/replica-machine") == "replica-tools: /usr/sbin/replica-machine"
+    refused = host.run("replica-machine prepare Bad_Name")
+    assert refused.rc == 1 and "machine name 'Bad_Name' must be a host name label" in refused.stderr
+
+
 def test_the_source_trusts_the_repository_key_only(host):
     sources = host.file("/etc/apt/sources.list.d/replica-lab.sources").content_string
     assert "Signed-By: /etc/apt/keyrings/replica-lab.asc" in sources

@@ -90,3 +90,16 @@ def test_maintenance_runs(host):
 
 def test_zfs_parameters_are_written(host):
     assert host.file("/etc/modprobe.d/replica-zfs.conf").contains("options zfs zfs_arc_max=1073741824")
+
+
+def test_the_timers_command_comes_from_the_replica_tools_package(host):
+    """replica-snapshot is the replica-tools package's (apt installed it, dpkg knows its files),
+    not a copy the role made; what earlier versions copied under /usr/local is gone."""
+    package = host.package("replica-tools")
+    assert package.is_installed and "+" in package.version   # the collection's version and a digest
+    owner = host.check_output("dpkg -S /usr/sbin/replica-snapshot")
+    assert owner == "replica-tools: /usr/sbin/replica-snapshot"
+    assert host.run("dpkg --verify replica-tools").rc == 0 and host.check_output("dpkg --verify replica-tools") == ""
+    assert not host.file("/usr/local/lib/replica/python").exists
+    assert not host.file("/usr/local/sbin/replica-snapshot").exists
+    assert "/usr/sbin/replica-snapshot" in host.check_output("systemctl cat replica-snapshot@demo.service")

@@ -302,21 +302,18 @@ def test_a_failed_command_is_taken_back_and_keeps_its_fields(tmp_path):
         locked_key.close()
 
 
-def install_pipeline(program_dir):
-    """The pipeline's program folder as the apt_repo role lays it out (apt_repo_program_files)."""
-    import yaml  # pylint: disable=import-outside-toplevel
+def install_pipeline(root):
+    """The pipeline as the replica-tools package lays it out (under a scratch root)."""
+    from ansible_collections.replica.cloud.plugins.module_utils import _tools  # pylint: disable=import-outside-toplevel
 
-    role = os.path.join(ROOT, "roles/apt_repo")
-    with open(os.path.join(role, "vars/main.yml"), encoding="utf-8") as handle:
-        files = yaml.safe_load(handle)["apt_repo_program_files"]
-    for item in files:
-        src = item["src"].replace("{{ role_path }}", role)
-        src = src if os.path.isabs(src) else os.path.join(role, "files", src)
-        dest = os.path.join(program_dir, item["dest"])
+    spec = _tools.package_spec(lambda relative: open(os.path.join(ROOT, relative), encoding="utf-8").read(), "0.1.0")
+    for item in spec["files"]:
+        dest = os.path.join(root, item["dest"].lstrip("/"))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copyfile(src, dest)
-    assert not any("/modules/" in item["dest"] for item in files)  # no module file on the host
-    return os.path.join(program_dir, "replica_apt_pipeline.py")
+        with open(dest, "w", encoding="utf-8") as handle:
+            handle.write(item["content"])
+    assert not any("/modules/" in item["dest"] for item in spec["files"])  # no module file on the host
+    return os.path.join(root, _tools.PYTHON_DIR.lstrip("/"), "replica_apt_pipeline.py")
 
 
 def test_the_package_pipeline_publishes_with_the_engine_and_no_ansible(tmp_path, key):

@@ -17,14 +17,15 @@ import sys
 import pytest
 import yaml
 
-from ansible_collections.replica.cloud.plugins.module_utils import _debrepo, _image, _names, _network, _nspawn, _qemu
+from ansible_collections.replica.cloud.plugins.module_utils import _debrepo, _image, _names, _network, _nspawn, _qemu, _tools
 
 TOP = pathlib.Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(TOP / "scripts"))
-sys.path.insert(0, str(TOP / "roles" / "apt_repo" / "files"))
+sys.path.insert(0, str(TOP / "tools"))
 
 import replica_apt_pipeline  # noqa: E402  pylint: disable=wrong-import-position,import-error
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from conftest import run_module_process  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 #: strings no name of any kind may be: newlines (a second line in a unit file, a DHCP record),
 #: list and field separators, systemd specifiers, shell and path syntax, Unicode look-alikes
@@ -119,14 +120,8 @@ def _network_folder(tmp_path):
 
 def run_instance_address(tmp_path, name):
     """instance_address run as Ansible runs it (a process with its arguments)."""
-    args = tmp_path / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"name": name, "segment": "lan", "config_dir": str(tmp_path / "net"),
-                                                        "avahi_hosts": str(tmp_path / "avahi-hosts")}}))
-    env = dict(os.environ, PYTHONPATH=str(TOP / ".collections"), PATH="/usr/bin:/bin")
-    out = subprocess.run([sys.executable, str(TOP / "plugins/modules/instance_address.py"), str(args)],
-                         capture_output=True, text=True, env=env, check=False)
-    assert "Traceback" not in out.stderr, out.stderr
-    return json.loads(out.stdout)
+    return run_module_process("instance_address", {"name": name, "segment": "lan", "config_dir": str(tmp_path / "net"),
+                                                   "avahi_hosts": str(tmp_path / "avahi-hosts")}, tmp_path)
 
 
 def test_every_caller_accepts_a_63_character_name(tmp_path):
@@ -153,7 +148,7 @@ def test_instance_address_refuses_them_before_anything_is_written(tmp_path):
         assert out.get("failed") and "must be a host name label: 1-63" in out["msg"], (name, out)
         refused += 1
     assert refused == len(HOSTILE_MACHINE)
-    after = {str(p): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*") if p.name != "args.json"}
+    after = {str(p): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*") if p.name != "instance_address.args.json"}
     assert after == before
 
 
@@ -261,8 +256,9 @@ def _imports(path):
     ``from ...module_utils._a import x``)."""
     text = path.read_text()
     found = set()
-    for names in re.findall(r"plugins\.module_utils import ([\w, ]+)", text):
-        found |= {f"{n.split(' as ')[0].strip()}.py" for n in names.split(",")}
+    for grouped, plain in re.findall(r"plugins\.module_utils import (?:\(([^)]*)\)|([\w, ]+))", text):
+        names = re.sub(r"#.*", "", grouped) if grouped else plain
+        found |= {f"{n.split(' as ')[0].strip()}.py" for n in names.replace("\n", " ").split(",") if n.strip()}
     found |= {f"{n}.py" for n in re.findall(r"plugins\.module_utils\.(_\w+) import", text)}
     return found
 
@@ -279,14 +275,10 @@ def _closure(files):
 
 
 def test_the_roles_install_every_module_util_their_code_imports():
-    """The containers role installs replica-machine with _nspawn, the apt_repo role the package
-    pipeline with deb_repo and _debrepo: each copies what these import (_names now) beside them."""
-    tasks = yaml.safe_load((TOP / "roles/containers/tasks/template_set.yml").read_text())
-    copied = next(t["loop"] for t in tasks if "module_utils" in str(t.get("ansible.builtin.copy", {}).get("src", "")))
-    assert _closure([TOP / "roles/containers/files/replica_machine.py"]) <= set(copied), copied
-    tasks = yaml.safe_load((TOP / "roles/apt_repo/tasks/main.yml").read_text())
-    loop = next(t["loop"] for t in tasks if t.get("name") == "Install the deb_repo module and the pipeline")
-    assert loop == "{{ apt_repo_program_files }}", loop
-    loop = yaml.safe_load((TOP / "roles/apt_repo/vars/main.yml").read_text())["apt_repo_program_files"]
-    copied = {os.path.basename(item["dest"]) for item in loop if "module_utils" in item["dest"]}
-    assert _closure([TOP / "plugins/modules/deb_repo.py", TOP / "roles/apt_repo/files/replica_apt_pipeline.py"]) <= copied, copied
+    """The replica-tools package holds its commands (replica-machine, replica-snapshot, the
+    package pipeline with the deb_repo engine) with every module_util their code imports (_names
+    among them)."""
+    spec = _tools.package_spec(lambda relative: (TOP / relative).read_text(), "0.1.0")
+    packaged = {os.path.basename(f["dest"]) for f in spec["files"] if "/module_utils/" in f["dest"]}
+    assert _closure([TOP / f"tools/{script}" for script in _tools.COMMANDS.values()]) == packaged, packaged
+    assert {"_debrepo_publish.py", "_names.py", "_nspawn.py", "_retention.py"} <= packaged

@@ -20,19 +20,14 @@ TOP = pathlib.Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(TOP / "scripts"))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from conftest import run_module_process  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 LONG = "a" * 64
 MESSAGE = f"machine name {LONG!r} must be a host name label: {_names.MACHINE_NAME_RULE}"
 
 
 def run_module(tmp_path, module, args):
-    path = tmp_path / f"{module}.json"
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=str(TOP / ".collections"), PATH="/usr/sbin:/usr/bin:/sbin:/bin")
-    out = subprocess.run([sys.executable, str(TOP / "plugins/modules" / f"{module}.py"), str(path)],
-                         capture_output=True, text=True, env=env, check=False)
-    assert "Traceback" not in out.stderr, out.stderr
-    return json.loads(out.stdout)
+    return run_module_process(module, args, tmp_path)
 
 
 def tree(root):
@@ -48,7 +43,7 @@ def test_a_64_character_name_is_refused_everywhere_with_the_same_message(tmp_pat
         assert out.get("failed"), (module, out)
         messages[module] = out["msg"]
     # the command replica-machine@NAME.service runs, as installed (module_utils beside it)
-    command = subprocess.run([sys.executable, str(TOP / "roles/containers/files/replica_machine.py"), "prepare", LONG],
+    command = subprocess.run([sys.executable, str(TOP / "tools/replica_machine.py"), "prepare", LONG],
                              capture_output=True, text=True, check=False,
                              env=dict(os.environ, PYTHONPATH=str(TOP / ".collections")))
     assert command.returncode == 1 and command.stderr.startswith(f"replica-machine {LONG}: ")
@@ -84,7 +79,7 @@ def test_a_misspelled_suboption_fails_before_anything_is_written(tmp_path, modul
     where = {"nspawn_machine": "machines_dir", "qemu_vm": "vms_dir", "cow_snapshot": "snapshot_dir"}[module]
     (tmp_path / "place").mkdir()
     args = dict(args, **{where: str(tmp_path / "place")})
-    before = tree(tmp_path) + [f"{module}.json"]
+    before = tree(tmp_path) + [f"{module}.args.json"]
     out = run_module(tmp_path, module, args)
     assert out.get("failed"), out
     # run outside Ansible the module is called "basic.py" in the message

@@ -1,7 +1,8 @@
 # Copyright: (c) 2026, replica.cloud contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """replica-snapshot: take a snapshot by a policy and prune by its retention (installed by the
-replica.cloud.storage role; run by the replica-snapshot-<policy>.timer units).
+replica-tools package, which the replica.cloud.tools role builds and installs; run by the
+replica-snapshot-<policy>.timer units).
 
     replica-snapshot POLICY             snapshot now, then prune
     replica-snapshot --prune POLICY     prune only
@@ -10,8 +11,8 @@ replica.cloud.storage role; run by the replica-snapshot-<policy>.timer units).
 
 A policy is /etc/replica/snapshots/POLICY.json: {"src", "backend", "snapshot_dir", "name",
 "retention"}. The snapshot and retention code is the collection's own module_utils
-(_cow.py, _retention.py), installed next to this command: one implementation for the module and
-the timers.
+(_cow.py, _retention.py), in the same package: one implementation for the module and the
+timers.
 """
 
 import argparse
@@ -20,10 +21,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, "/usr/local/lib/replica/python")
+sys.path.insert(0, "/usr/lib/replica/python")   # the replica-tools package's module_utils
 
-import _cow  # noqa: E402  pylint: disable=wrong-import-position,import-error
-import _retention  # noqa: E402  pylint: disable=wrong-import-position,import-error
+# pylint: disable=wrong-import-position,import-error
+from ansible_collections.replica.cloud.plugins.module_utils import _cow, _retention  # noqa: E402
 
 POLICIES = "/etc/replica/snapshots"
 

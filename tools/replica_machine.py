@@ -1,7 +1,7 @@
 # Copyright: (c) 2026, replica.cloud contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""replica-machine: the host side of ``replica-machine@NAME.service`` (installed by the
-replica.cloud.containers role).
+"""replica-machine: the host side of ``replica-machine@NAME.service`` (in the replica-tools
+package, which the replica.cloud.tools role builds and installs).
 
     replica-machine prepare NAME    make machine NAME ready to boot: fork it from its image
                                     (the one it was created from, else the default image) when it
@@ -10,14 +10,14 @@ replica.cloud.containers role).
 ``systemctl start replica-machine@NAME`` runs ``prepare`` and then starts
 ``systemd-nspawn@NAME.service``: a new machine by name, in about a second. Machines the
 nspawn_machine module manages are left as the module made them. The fork and the settings are
-the module's own code (module_utils, installed next to this file).
+the module's own code (module_utils, in the same package).
 """
 
 import json
 import os
 import sys
 
-sys.path.insert(0, "/usr/local/lib/replica/python")
+sys.path.insert(0, "/usr/lib/replica/python")   # the replica-tools package's module_utils
 
 # pylint: disable=wrong-import-position,import-error
 from ansible_collections.replica.cloud.plugins.module_utils import _cow as cow  # noqa: E402
