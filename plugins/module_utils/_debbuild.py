@@ -68,7 +68,7 @@ def deb_path(spec, out):
     return os.path.join(out, f"{spec['name']}_{strip_epoch(str(spec['version']))}_{spec.get('architecture', 'all')}.deb")
 
 
-def build_spec(spec, out, runner, log=print, warn=None):
+def build_spec(spec, out, runner, log, warn=None):
     """Build the package of *spec* (checked by :func:`check_spec`) in *out*; returns ``(path,
     built)``. *log* is told what was built, *warn* (default *log*) of a changed spec that kept its
     version."""
@@ -80,8 +80,8 @@ def build_spec(spec, out, runner, log=print, warn=None):
     if os.path.exists(deb):
         with open(stamp, encoding="ascii") as handle:
             if handle.read().strip() != digest:
-                (warn or log)(f"spec {name} {version}: changed but kept its version; the published package stays "
-                    f"(give it a new version to publish the change)")
+                (warn or log)(f"spec {name} {version}: changed but kept its version; the published package "
+                              f"stays (give it a new version to publish the change)")
         return deb, False
     with tempfile.TemporaryDirectory(dir=out) as root:
         os.makedirs(os.path.join(root, "DEBIAN"))

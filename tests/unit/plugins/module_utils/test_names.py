@@ -7,15 +7,12 @@ machine names stay distinct."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
-import yaml
 
 from ansible_collections.replica.cloud.plugins.module_utils import _debrepo, _image, _names, _network, _nspawn, _qemu, _tools
 

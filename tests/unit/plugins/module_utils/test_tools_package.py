@@ -7,12 +7,9 @@ by its contents, and whole: the commands run from the unpacked package alone."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 

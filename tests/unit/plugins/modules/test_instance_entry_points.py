@@ -6,7 +6,6 @@ and a misspelled suboption fails before anything is written: the modules run as 
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import subprocess
