@@ -23,6 +23,8 @@ description:
   - A source without copy-on-write (ext4, tmpfs, ...) is refused; the module never silently
     falls back to a full copy.
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: btrfs-progs for btrfs subvolumes, zfsutils-linux for ZFS datasets; reflink folders need only a file system with reflinks (xfs, btrfs)."
 options:
   src:
     description:

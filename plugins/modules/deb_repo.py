@@ -44,6 +44,8 @@ description:
     C(dpkg-deb)'s diagnosis), and taken over from the published C(Packages) file afterwards, so
     adding one package to a large repository does not read the others' files again.
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: dpkg (dpkg-deb), apt-utils (apt-ftparchive), gpg and gpgconf; xz-utils where Python has no lzma."
 options:
   path:
     description: The repository's root (what a web server serves, or a C(file:) URI names). Created if missing.

@@ -26,6 +26,8 @@ description:
     addresses go into the nft sets those rules match on (C(instances.nft), loaded at once).
   - Reads the segments from C(segments.json) in O(config_dir), written by the network role.
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "The replica.cloud.network role converged on the host (its segments.json); nftables and avahi-daemon where its firewall and mDNS run."
 options:
   name:
     description: The instance's name, a host name label (1-63 of C([a-z0-9-]), not starting or ending with C(-)).

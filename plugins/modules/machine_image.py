@@ -29,6 +29,8 @@ description:
     its kernel package unpacked beside it as O(name).vmlinuz and O(name).initrd.img, ready for
     M(replica.cloud.qemu_vm) to fork and boot directly (microVMs, or q35 with a kernel)."
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: mmdebstrap, btrfs-progs where the images folder is on btrfs; e2fsprogs (mkfs.ext4) for O(format=disk)."
 options:
   name:
     description: Image name (the folder name, what M(replica.cloud.nspawn_machine) O(replica.cloud.nspawn_machine#module:image) refers to).

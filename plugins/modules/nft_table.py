@@ -19,6 +19,8 @@ description:
   - O(path) must replace the table whole in one transaction (C(table ...; delete table ...; table
     ... { ... })), as the network role's rule set does.
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: nftables (nft) and util-linux (unshare), to load the declared table in a scratch network namespace first."
 options:
   name:
     description: The table's name.

@@ -18,6 +18,8 @@ description:
     (C(/run/replica/live), keyed by the unit's C(InvocationID) and the files' SHA-256), which is how
     a reload, which keeps the invocation and its start time, is known to have happened."
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: systemd (systemctl)."
 options:
   name:
     description:

@@ -22,6 +22,8 @@ description:
   - The service must be stopped and the directory unmounted; the module refuses to move a
     directory that a running process uses.
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: btrfs-progs and a btrfs (or reflink) file system for the state; systemd to stop and start the service."
 options:
   path:
     description: The service's state directory. It must exist.

@@ -9,6 +9,8 @@ module: vfio_bind
 short_description: Give PCI devices to vfio-pci (with their IOMMU group), and create mediated devices
 version_added: "0.1.0"
 author: replica.cloud contributors (@replica-cloud)
+requirements:
+  - "On the host: the vfio-pci kernel module (kmod to load it); driverctl or mdevctl for O(persist)."
 description:
   - Binds PCI devices to C(vfio-pci) for passthrough to VMs, and returns them to a host driver; or creates and
     removes mediated devices (vGPUs and the like) on a parent device.

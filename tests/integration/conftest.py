@@ -27,6 +27,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+# the collection by its real name (.collections/ansible_collections/replica/cloud links back here)
+if os.path.isdir(os.path.join(ROOT, ".collections", "ansible_collections")):
+    sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
 import replica_lab  # noqa: E402  pylint: disable=wrong-import-position
 import replica_internet  # noqa: E402  pylint: disable=wrong-import-position
