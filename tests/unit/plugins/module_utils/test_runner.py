@@ -78,7 +78,10 @@ def test_no_module_keeps_its_own_environment_or_runner():
     # the scratch-namespace script nft_table runs (through the runner) as its own process
     allowed = {("plugins/modules/nft_table.py", "subprocess.run(")}
     offenders = []
-    for folder in ("plugins/modules", "plugins/module_utils", "tools", "roles/apt_repo/files"):
+    folders = ["plugins/modules", "plugins/module_utils", "tools"]
+    folders += sorted(f"roles/{role}/files" for role in os.listdir(os.path.join(top, "roles"))
+                      if os.path.isdir(os.path.join(top, "roles", role, "files")))
+    for folder in folders:
         for name in sorted(os.listdir(os.path.join(top, folder))):
             if not name.endswith(".py") or name == "_runner.py":
                 continue
