@@ -41,10 +41,8 @@ def prepare(name):
         backend = cow.detect(image_path, cow.subprocess_runner)
         backend.check_source(image_path)
         # forked beside its place and renamed into it, as the module does: never half a root
-        cow.remove_tree(paths.partial, cow.subprocess_runner)
-        backend.fork(image_path, paths.partial)
-        write_text(os.path.join(paths.partial, "etc/hostname"), f"{name}\n")
-        os.rename(paths.partial, paths.fork)
+        cow.fork_whole(backend, image_path, paths.fork, paths.partial, cow.subprocess_runner,
+                       lambda partial: write_text(os.path.join(partial, "etc/hostname"), f"{name}\n"))
     if not os.path.exists(paths.nspawn):
         os.makedirs(os.path.dirname(paths.nspawn), exist_ok=True)
         write_text(paths.nspawn, ns.render_nspawn({"name": name, "shared_hosts": os.path.exists(ns.HOSTS_FILE)}))

@@ -486,6 +486,21 @@ def nested_subvolumes(root):
     return sorted(found, key=lambda path: path.count("/"), reverse=True)
 
 
+def fork_whole(backend, src, dest, partial, run, fill=None):
+    """Fork *src* to *dest* made whole beside it: forked to *partial* (what a killed run left
+    there is removed first), given its files by ``fill(partial)``, then renamed to *dest*. Killed
+    at any point, *dest* either does not exist or is whole; a failure removes the partial."""
+    remove_tree(partial, run)
+    backend.fork(src, partial)
+    try:
+        if fill is not None:
+            fill(partial)
+        os.rename(partial, dest)
+    except (CowError, OSError, ValueError):
+        remove_tree(partial, run)
+        raise
+
+
 def remove_tree(path, run):
     """Remove *path*: a btrfs subvolume with the subvolumes nested in it (read-only ones too),
     a plain folder, or a file."""

@@ -388,14 +388,14 @@ def update_hosts(name, addresses, remove=False):
     return changed
 
 
-def find_gpu(module):
+def find_gpu(module, host):
     """The host's NVIDIA device nodes, driver libraries and tools."""
     devices = sorted(os.path.join("/dev", d) for d in os.listdir("/dev")
                      if d.startswith("nvidia") and not os.path.isdir(os.path.join("/dev", d)))
     if not devices:
         module.fail_json(msg="gpu: true, but the host has no /dev/nvidia* devices: install the NVIDIA "
                              "driver on the host (and load it) first")
-    rc, out, dummy = _runner.Runner(module).run(["ldconfig", "-p"], check=False)
+    rc, out, dummy = host.run(["ldconfig", "-p"], check=False)
     libraries = set()
     for line in out.splitlines() if rc == 0 else []:
         if "=>" in line and any(key in line for key in ("libcuda.so", "libnvidia-", "libnvcuvid", "libnvoptix")):
@@ -455,7 +455,7 @@ def converge(module, host, params, paths, result):
     name, state = params["name"], params["state"]
     spec = dict(params)
     if params["gpu"] and state != "absent":
-        spec["gpu"] = find_gpu(module)
+        spec["gpu"] = find_gpu(module, host)
     seen, current_nspawn, record = read_machine(host, params, paths)
     if state == "absent":
         actions = lifecycle.plan(state, seen)
@@ -480,7 +480,8 @@ def converge(module, host, params, paths, result):
     elif record and record.get("firstboot") != digest:
         module.warn(f"first-boot settings of {name} changed after it was created; they apply to "
                     f"a new machine only (state=absent, then create it again)")
-    seen = seen._replace(stale=current_nspawn != nspawn_text or read(paths.dropin) != dropin_text)
+    dropin_changed = read(paths.dropin) != dropin_text
+    seen = seen._replace(stale=current_nspawn != nspawn_text or dropin_changed)
     actions = lifecycle.plan(state, seen, enabled=params["enabled"], restart_on_change=params["restart_on_change"])
     result.update(changed=bool(actions), actions=actions, restart_required=lifecycle.restart_required(seen, actions))
     if module._diff:
@@ -496,7 +497,6 @@ def converge(module, host, params, paths, result):
     if spec.get("shared_hosts", True):
         update_hosts(name, [a.split("/")[0] for a in (params["network"] or {}).get("addresses") or []])
     write_file(paths.nspawn, nspawn_text)
-    dropin_changed = read(paths.dropin) != dropin_text
     if dropin_text:
         write_file(paths.dropin, dropin_text)
     elif os.path.exists(paths.dropin):
@@ -524,15 +524,12 @@ def create(host, params, paths, spec, image, backend):
     """Fork the machine and give it its first-boot files beside its place, then rename it into
     place: killed at any point, the machine either does not exist (the re-run makes it) or is whole."""
     os.makedirs(params["machines_dir"], 0o700, exist_ok=True)
-    cow.remove_tree(paths.partial, host.runner)
-    backend.fork(image, paths.partial)
-    try:
-        apply_firstboot(paths.partial, spec)
+
+    def fill(partial):
+        apply_firstboot(partial, spec)
         _lock.crash_point("machine-forked")
-        os.rename(paths.partial, paths.fork)
-    except (ns.MachineError, OSError):
-        cow.remove_tree(paths.partial, host.runner)
-        raise
+
+    cow.fork_whole(backend, image, paths.fork, paths.partial, host.runner, fill)
 
 
 def start(host, params, paths, verb, result):
